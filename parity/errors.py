@@ -1,0 +1,30 @@
+"""Exceptions raised by parity. Imports nothing heavy."""
+
+from __future__ import annotations
+
+
+class ParityError(Exception):
+    """Base class of every error parity raises on purpose."""
+
+
+class CaseError(ParityError):
+    """A case file is invalid. The message names the file, the field and the fix."""
+
+    def __init__(self, path: str, field: str, problem: str) -> None:
+        self.path = path
+        self.field = field
+        self.problem = problem
+        where = f"{path}: {field}" if field else str(path)
+        super().__init__(f"{where}: {problem}")
+
+
+class ExportError(ParityError):
+    """An exporter (ours or the user's) failed. The message is cut to the lines that matter."""
+
+
+class BackendUnavailable(ParityError):
+    """A runtime backend cannot run here; the message is the skip reason."""
+
+
+class GoldenError(ParityError):
+    """A golden file is missing, unreadable or was recorded for another input spec."""

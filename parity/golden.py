@@ -1,0 +1,101 @@
+"""The golden store: committed inputs and outputs under ``golden/<case>/``. NumPy and JSON only.
+
+Layout, one directory per case (named by case, not by test, so renaming a test orphans nothing)::
+
+    golden/<case>/meta.json             input fingerprint, versions, batch sizes, output names
+    golden/<case>/inputs.npz            one array per input: the largest batch; batch b = first b samples
+    golden/<case>/reference.npz         eager outputs, keys "<output>@b<batch>"
+    golden/<case>/<format>-<backend>.npz   that target's outputs, same keys
+    golden/<case>/<format>-<backend>.json  versions, tolerance and error vs the reference when recorded
+
+Every file is written to a temporary file in the same directory and renamed over the old one,
+so an interrupted update never leaves a half-written golden. Arrays are read with
+``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from parity.errors import GoldenError
+
+
+def key(output: str, batch: int) -> str:
+    return f"{output}@b{batch}"
+
+
+class GoldenStore:
+    """Reads and writes golden files under `root`."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def case_dir(self, case: str) -> Path:
+        return self.root / case
+
+    def path(self, case: str, name: str) -> Path:
+        return self.case_dir(case) / name
+
+    # ---- reading
+    def read_json(self, case: str, name: str) -> Optional[dict]:
+        p = self.path(case, name)
+        if not p.is_file():
+            return None
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise GoldenError(f"{p}: unreadable golden metadata ({e}); re-record it with --update-golden") from None
+
+    def read_arrays(self, case: str, name: str) -> Optional[dict[str, np.ndarray]]:
+        p = self.path(case, name)
+        if not p.is_file():
+            return None
+        try:
+            with np.load(p, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except Exception as e:  # corrupt zip, pickled arrays
+            raise GoldenError(f"{p}: unreadable golden arrays ({e}); re-record it with --update-golden") from None
+
+    # ---- writing (atomic)
+    def write_json(self, case: str, name: str, payload: dict) -> Path:
+        data = (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode()
+        return self._atomic(self.path(case, name), lambda f: f.write(data))
+
+    def write_arrays(self, case: str, name: str, arrays: dict[str, np.ndarray]) -> Path:
+        """Write `arrays` unless the file already holds exactly them (keeps unchanged goldens out of diffs)."""
+        arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+        try:
+            old = self.read_arrays(case, name)
+        except GoldenError:
+            old = None
+        if old is not None and old.keys() == arrays.keys() and all(
+                old[k].dtype == v.dtype and np.array_equal(old[k], v, equal_nan=v.dtype.kind in "fc")
+                for k, v in arrays.items()):
+            return self.path(case, name)
+        return self._atomic(self.path(case, name), lambda f: np.savez_compressed(f, **arrays))
+
+    def _atomic(self, target: Path, write) -> Path:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; goldens are ordinary committed files
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        return target

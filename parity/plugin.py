@@ -1,0 +1,190 @@
+"""The pytest plugin (registered through the ``pytest11`` entry point).
+
+Only options, parametrization, thin fixtures and the report hooks live here; the work is done by
+:mod:`parity.engine`, imported when the session fixture is first used. Collecting the suite loads
+the case files (pydantic, YAML) and imports no framework.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from parity.errors import CaseError
+
+_CASES = pytest.StashKey[tuple]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("parity", "export parity harness")
+    group.addoption("--cases", metavar="DIR", default=None,
+                    help="directory of case files (*.yaml) to run (default: cases/ in the rootdir)")
+    group.addoption("--golden", metavar="DIR", default=None,
+                    help="directory of golden outputs (default: golden/ in the rootdir)")
+    group.addoption("--update-golden", action="store_true", default=False,
+                    help="(re)write the golden files of every selected golden check instead of comparing")
+    group.addoption("--parity-report", metavar="FILE", default=None,
+                    help="write a JSON list with one object per parity test (case, format, backend, check, "
+                         "status, message, metrics)")
+    group.addoption("--parity-build", metavar="DIR", default=None,
+                    help="where artefacts are exported (default: build/parity in the rootdir; not committed)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "xdist_group(name): keep a case's tests on one pytest-xdist worker")
+    config.pluginmanager.register(_Reporter(config), "parity-reporter")
+
+
+def _dir_option(config: pytest.Config, name: str, default: str) -> Path:
+    value = config.getoption(name)
+    return Path(value).resolve() if value else config.rootpath / default
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one test item checks. A case file that failed to load is a target with only `load_error`."""
+
+    case: object = None
+    format: str = ""
+    backend: str = ""
+    check: str = ""
+    load_error: Optional[CaseError] = None
+
+    @property
+    def id(self) -> str:
+        if self.load_error is not None:
+            return f"{Path(self.load_error.path).stem}-case-error"
+        return f"{self.case.name}-{self.format}-{self.backend}-{self.check}"
+
+
+@dataclass
+class Outcome:
+    status: str
+    message: str
+    record: dict = field(default_factory=dict)
+
+
+def _load(config: pytest.Config) -> tuple:
+    if _CASES not in config.stash:
+        from parity.spec import load_cases
+
+        cases_dir = _dir_option(config, "cases", "cases")
+        if not cases_dir.is_dir():
+            raise pytest.UsageError(f"--cases: {cases_dir} is not a directory of case files")
+        config.stash[_CASES] = load_cases(cases_dir)
+    return config.stash[_CASES]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "parity_target" not in metafunc.fixturenames:
+        return
+    cases, errors = _load(metafunc.config)
+    params = []
+    for case in cases:
+        marks = [pytest.mark.xdist_group(case.name)]
+        if case.xfail:
+            marks.append(pytest.mark.xfail(reason=case.xfail, strict=True))
+        for fmt in case.formats:
+            for backend in case.backends:
+                for check in case.checks:
+                    target = Target(case, fmt, backend, check)
+                    params.append(pytest.param(target, id=target.id, marks=marks))
+    for error in errors:
+        target = Target(load_error=error)
+        params.append(pytest.param(target, id=target.id))
+    metafunc.parametrize("parity_target", params)
+
+
+class _SessionAdapter:
+    """What the test function sees: run(target) -> Outcome with the report record."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        from parity.engine import Session
+
+        self.engine = Session(_dir_option(config, "parity_build", "build/parity"),
+                              _dir_option(config, "golden", "golden"),
+                              update_golden=config.getoption("update_golden"))
+
+    def run(self, target: Target) -> Outcome:
+        if target.load_error is not None:
+            e = target.load_error
+            record = {"case": Path(e.path).stem, "format": None, "backend": None, "check": "load",
+                      "status": "error", "message": str(e), "metrics": {"file": e.path, "field": e.field}}
+            return Outcome("error", str(e), record)
+        start = time.perf_counter()
+        result = self.engine.run_check(target.case, target.format, target.backend, target.check)
+        record = {"case": target.case.name, "format": target.format, "backend": target.backend,
+                  "check": target.check, "status": result.status, "message": result.message,
+                  "metrics": result.metrics, "duration_s": round(time.perf_counter() - start, 4)}
+        if target.case.xfail:
+            record["xfail"] = target.case.xfail
+        return Outcome(result.status, result.message, record)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+@pytest.fixture(scope="session")
+def parity_session(request: pytest.FixtureRequest):
+    adapter = _SessionAdapter(request.config)
+    yield adapter
+    adapter.close()
+
+
+class _Reporter:
+    """Collects each test's parity record (on the xdist controller too) and writes the report."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.records: list[dict] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call":
+            return
+        for name, value in report.user_properties:
+            if name == "parity":
+                self.records.append(value)
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if hasattr(self.config, "workerinput"):  # an xdist worker: the controller writes the report
+            return
+        path = self.config.getoption("parity_report")
+        if path:
+            target = Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            tmp.write_text(json.dumps(self.records, indent=2, default=_json_default) + "\n", encoding="utf-8")
+            os.replace(tmp, target)
+
+    def pytest_terminal_summary(self, terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+        if not self.records:
+            return
+        counts: dict[str, int] = {}
+        for record in self.records:
+            counts[record["status"]] = counts.get(record["status"], 0) + 1
+        written = sum(1 for r in self.records if r.get("metrics", {}).get("golden_written"))
+        line = "parity: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        if written:
+            line += f"; {written} golden target(s) written under {_dir_option(config, 'golden', 'golden')}"
+        if config.getoption("parity_report"):
+            line += f"; report: {config.getoption('parity_report')}"
+        terminalreporter.write_sep("-", line)
+
+
+def _json_default(value):
+    try:
+        import numpy as np
+
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    return str(value)

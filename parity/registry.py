@@ -1,0 +1,72 @@
+"""Which formats, backends and checks exist, by name only.
+
+Nothing here imports a framework: each format names the modules that implement its exporter and
+its runner as strings, and they are imported only when a case actually uses the format (the
+xarray backend-registry pattern). Adding a format is one entry here plus one exporter module and
+one runner module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FormatInfo:
+    """A target format: how to export to it and how to run it."""
+
+    name: str
+    exporter: str  # "module:function", called as function(model, example_inputs, path, options)
+    runner: str  # "module:Class", a parity.runners.base.Runner subclass
+    suffix: str  # file name suffix of the artefact
+    backends: tuple[str, ...]  # backends this format has runners for
+    requires: tuple[str, ...]  # importable modules both export and run need
+    install: str  # how to install what is missing
+    exporter_options: tuple[str, ...] = ()  # option names the built-in exporter accepts
+
+
+FORMATS: dict[str, FormatInfo] = {
+    "torchscript": FormatInfo(
+        name="torchscript",
+        exporter="parity.exporters.torchscript:export",
+        runner="parity.runners.torchscript:TorchScriptRunner",
+        suffix=".pt",
+        backends=("cpu", "cuda"),
+        requires=("torch",),
+        install="pip install 'parity[torch]'",
+        exporter_options=("method",),
+    ),
+    "onnx": FormatInfo(
+        name="onnx",
+        exporter="parity.exporters.onnx:export",
+        runner="parity.runners.onnxruntime:OnnxRuntimeRunner",
+        suffix=".onnx",
+        backends=("cpu", "cuda"),
+        requires=("torch", "onnx", "onnxruntime", "onnxscript"),
+        install="pip install 'parity[onnx]'",
+        exporter_options=("opset", "dynamo"),
+    ),
+}
+
+#: Every backend name a case may list. A format without a runner for one skips it with a reason.
+BACKENDS: tuple[str, ...] = ("cpu", "cuda")
+
+#: Checks, in the order they run for a target.
+CHECKS: tuple[str, ...] = ("parity", "golden")
+
+
+def missing_modules(fmt: FormatInfo) -> list[str]:
+    """The modules `fmt` needs that are not installed (checked without importing them)."""
+    return [m for m in fmt.requires if importlib.util.find_spec(m) is None]
+
+
+def load_object(path: str):
+    """Import `package.module:attribute` and return the attribute."""
+    module_name, _, attr = path.partition(":")
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ImportError(f"module {module_name!r} has no attribute {attr!r}") from None

@@ -1,0 +1,17 @@
+"""The test that ``pytest parity/`` collects: one item per (case, format, backend, check).
+
+The parity plugin (``parity.plugin``) parametrizes ``parity_target`` from the case files, so ids
+read ``test_parity[tiny_cnn-onnx-cpu-parity]`` and ``-k onnx`` / ``-k tiny_cnn`` select as expected.
+"""
+
+import pytest
+
+
+def test_parity(parity_target, parity_session, record_property):
+    __tracebackhide__ = True
+    result = parity_session.run(parity_target)
+    record_property("parity", result.record)
+    if result.status == "skipped":
+        pytest.skip(result.message)
+    if result.status in ("failed", "error"):
+        pytest.fail(result.message, pytrace=False)

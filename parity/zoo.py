@@ -1,0 +1,67 @@
+"""Example models for the shipped cases. Imports torch (only when a case builds one of them).
+
+Random weights from the case's seed; BatchNorm running statistics are settled on random data so
+that a model exported in training mode (batch statistics) visibly differs from eval mode.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def settle_batchnorm(model: nn.Module, sample_shape: tuple[int, ...], passes: int = 4, batch: int = 8) -> nn.Module:
+    """Give BatchNorm layers non-trivial running statistics, then return the model in eval mode.
+
+    Uses a cumulative average (momentum None) over `passes` forward passes in training mode on
+    standard-normal data, so the statistics are the exact mean over the batches seen.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for _ in range(passes):
+        model(torch.randn(batch, *sample_shape))
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    return model.eval()
+
+
+class TinyCNN(nn.Module):
+    """The seed's small CNN: (Conv-BN-ReLU-MaxPool) x 2, dropout, linear."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 16, size: int = 32) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.dropout = nn.Dropout(0.25)
+        self.classifier = nn.Linear(2 * width * (size // 4) ** 2, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(torch.flatten(self.features(x), 1)))
+
+
+def tiny_cnn(in_channels: int = 3, num_classes: int = 10, width: int = 16, size: int = 32,
+             training: bool = False) -> nn.Module:
+    """TinyCNN with settled BatchNorm statistics; ``training=True`` returns it left in training mode."""
+    model = settle_batchnorm(TinyCNN(in_channels, num_classes, width, size), (in_channels, size, size))
+    return model.train(training)
+
+
+def torchvision_model(name: str, size: int = 64, num_classes: int = 1000) -> nn.Module:
+    """A torchvision architecture with random weights (weights=None) and settled BatchNorm."""
+    import torchvision
+
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    return settle_batchnorm(model, (3, size, size))
