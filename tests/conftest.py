@@ -1,0 +1,87 @@
+"""Shared helpers for the harness's own tests."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+#: A tiny model module written beside test case files, so factories resolve "beside the case file".
+MODELS = '''
+import torch
+from torch import nn
+
+
+class Small(nn.Module):
+    def __init__(self, classes=5):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 8 * 8, classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.relu(self.bn(self.conv(x))), 1))
+
+
+def small(classes=5):
+    model = Small(classes)
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def two_outputs():
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(6, 3)
+            self.b = nn.Linear(6, 2)
+
+        def forward(self, x, y):
+            return self.a(x), self.b(x) * y.sum(1, keepdim=True)
+
+    return Two().eval()
+
+
+def perturbing_export(model, example_inputs, path, layer="fc", factor=1.01):
+    """A user's own ONNX exporter with a bug: one layer's weights scaled by 1%."""
+    with torch.no_grad():
+        getattr(model, layer).weight.mul_(factor)
+    torch.onnx.export(model.eval(), example_inputs, str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["out"], dynamic_axes={"x": {0: "b"}, "out": {0: "b"}})
+    return {"exporter": "perturbing"}
+
+
+def broken_export(model, example_inputs, path):
+    raise RuntimeError("converter exploded: unsupported operator aten::frobnicate")
+'''
+
+SMALL_CASE = """
+model:
+  factory: models:small
+  seed: 3
+inputs:
+  x: {shape: [3, 8, 8]}
+outputs: [logits]
+batch_sizes: [1, 3]
+formats: [torchscript, onnx]
+backends: [cpu]
+"""
+
+
+def write_case(directory: Path, name: str, body: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.yaml"
+    path.write_text(textwrap.dedent(body).lstrip(), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def case_dir(tmp_path: Path) -> Path:
+    """A cases/ directory holding models.py, ready for case files."""
+    d = tmp_path / "cases"
+    d.mkdir()
+    (d / "models.py").write_text(MODELS, encoding="utf-8")
+    return d

@@ -1,0 +1,68 @@
+"""The golden store: atomic writes, no pickle, unchanged files left alone."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from parity.errors import GoldenError
+from parity.golden import GoldenStore, key
+
+
+def test_round_trip(tmp_path):
+    store = GoldenStore(tmp_path)
+    arrays = {key("logits", 2): np.arange(6, dtype=np.float32).reshape(2, 3)}
+    store.write_arrays("case", "onnx-cpu.npz", arrays)
+    store.write_json("case", "meta.json", {"input_fingerprint": "abc"})
+    back = store.read_arrays("case", "onnx-cpu.npz")
+    assert list(back) == ["logits@b2"] and np.array_equal(back["logits@b2"], arrays["logits@b2"])
+    assert store.read_json("case", "meta.json") == {"input_fingerprint": "abc"}
+    assert store.read_arrays("case", "missing.npz") is None
+    assert oct(os.stat(store.path("case", "meta.json")).st_mode & 0o777) != "0o600"
+
+
+def test_interrupted_write_keeps_old_golden_and_leaves_no_temp(tmp_path):
+    store = GoldenStore(tmp_path)
+    old = {"a": np.ones(3, np.float32)}
+    store.write_arrays("case", "t.npz", old)
+
+    class Boom(Exception):
+        pass
+
+    def explode(f):
+        f.write(b"PK partial zip")
+        raise Boom()
+
+    with pytest.raises(Boom):
+        store._atomic(store.path("case", "t.npz"), explode)
+    assert np.array_equal(store.read_arrays("case", "t.npz")["a"], old["a"])
+    assert sorted(p.name for p in (tmp_path / "case").iterdir()) == ["t.npz"]
+
+
+def test_unchanged_arrays_are_not_rewritten(tmp_path):
+    store = GoldenStore(tmp_path)
+    store.write_arrays("case", "t.npz", {"a": np.ones(3, np.float32)})
+    before = store.path("case", "t.npz").stat().st_mtime_ns
+    os.utime(store.path("case", "t.npz"), ns=(1, 1))
+    store.write_arrays("case", "t.npz", {"a": np.ones(3, np.float32)})
+    assert store.path("case", "t.npz").stat().st_mtime_ns == 1  # untouched
+    store.write_arrays("case", "t.npz", {"a": np.ones(3, np.float64)})  # dtype change is a change
+    assert store.path("case", "t.npz").stat().st_mtime_ns != 1
+    assert before
+
+
+def test_pickled_golden_is_refused(tmp_path):
+    (tmp_path / "case").mkdir()
+    np.save(tmp_path / "case" / "x.npy", np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    os.replace(tmp_path / "case" / "x.npy", tmp_path / "case" / "t.npz")
+    with pytest.raises(GoldenError, match="unreadable golden arrays"):
+        GoldenStore(tmp_path).read_arrays("case", "t.npz")
+
+
+def test_corrupt_meta_names_the_fix(tmp_path):
+    (tmp_path / "case").mkdir()
+    (tmp_path / "case" / "meta.json").write_text("{not json")
+    with pytest.raises(GoldenError, match="--update-golden"):
+        GoldenStore(tmp_path).read_json("case", "meta.json")

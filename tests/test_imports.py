@@ -1,0 +1,44 @@
+"""Import hygiene: `import parity` and collection stay free of frameworks; triton loads before tensorflow."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+HEAVY = ("torch", "tensorflow", "onnxruntime", "coremltools", "onnx", "ai_edge_litert", "litert_torch")
+
+
+def _heavy_after(code: str, *args: str) -> list[str]:
+    probe = f"{code}\nimport sys; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    return eval(out.stdout.strip().splitlines()[-1])  # a list literal we printed ourselves
+
+
+def test_import_parity_is_clean():
+    assert _heavy_after("import parity, parity.spec, parity.compare, parity.golden, parity.engine, "
+                        "parity.checks, parity.plugin, parity.registry") == []
+
+
+def test_collect_only_imports_no_framework():
+    code = ("import pytest, sys\n"
+            "rc = pytest.main(['parity/', '--collect-only', '-q', '-p', 'no:cacheprovider'])\n"
+            "assert rc == 0, rc")
+    assert _heavy_after(code) == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None or importlib.util.find_spec("tensorflow") is None,
+                    reason="needs triton (CUDA torch) and tensorflow in one environment")
+def test_triton_before_tensorflow():
+    """STACK.md: `import tensorflow; import triton` segfaults; parity loads triton first."""
+    crash = subprocess.run([sys.executable, "-c", "import tensorflow; import triton"], capture_output=True)
+    safe = subprocess.run([sys.executable, "-c", "import parity.model; import tensorflow; import triton; "
+                           "import torch._dynamo; print('ok')"], capture_output=True, text=True)
+    assert safe.returncode == 0 and safe.stdout.strip().endswith("ok"), safe.stderr[-2000:]
+    # Pin the crash this guards against: if a future stack fixes it, this says the guard can go.
+    assert crash.returncode == -11, f"tensorflow-then-triton no longer segfaults (rc {crash.returncode})"

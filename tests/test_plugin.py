@@ -1,0 +1,184 @@
+"""End to end through pytest itself (pytester): what a user sees from `pytest parity/`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import SMALL_CASE, write_case
+
+TEST_FILE = str(Path(__file__).parents[1] / "parity" / "test_parity.py")
+
+
+@pytest.fixture
+def suite(pytester, case_dir):
+    """Run the parity suite on `case_dir` in a subprocess-free pytester run."""
+
+    def run(*args: str):
+        report = pytester.path / "report.json"
+        result = pytester.runpytest_subprocess(
+            TEST_FILE, "-p", "no:cacheprovider", "--cases", str(case_dir), "--golden", str(pytester.path / "golden"),
+            "--parity-build", str(pytester.path / "build"), "--parity-report", str(report), "-rA", *args)
+        records = json.loads(report.read_text()) if report.exists() else []
+        return result, records
+
+    return run
+
+
+def by_id(records):
+    return {f"{r['case']}-{r['format']}-{r['backend']}-{r['check']}": r for r in records}
+
+
+def test_clean_case_passes_and_golden_round_trip(suite, case_dir, pytester):
+    write_case(case_dir, "small", SMALL_CASE)
+    result, records = suite()
+    # no golden yet: parity passes, golden fails with the command that creates it
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines(["*no golden for case 'small'*pytest parity/ --update-golden -k 'small and golden'*"])
+    parity = by_id(records)["small-onnx-cpu-parity"]
+    assert parity["status"] == "passed"
+    assert set(parity) >= {"case", "format", "backend", "check", "status", "message", "metrics"}
+    assert parity["metrics"]["artefact"]["opset_written"] == 18
+    assert parity["metrics"]["outputs"]["logits"]["b3"]["top1_agreement"] == 1.0
+
+    result, records = suite("--update-golden")
+    result.assert_outcomes(passed=4)
+    golden = pytester.path / "golden" / "small"
+    assert sorted(p.name for p in golden.iterdir()) == [
+        "inputs.npz", "meta.json", "onnx-cpu.json", "onnx-cpu.npz", "reference.npz",
+        "torchscript-cpu.json", "torchscript-cpu.npz"]
+
+    result, records = suite()
+    result.assert_outcomes(passed=4)
+    assert all(r["status"] == "passed" for r in records)
+
+
+def test_ids_allow_k_selection(suite, case_dir):
+    write_case(case_dir, "small", SMALL_CASE)
+    result, _ = suite("--collect-only", "-q")
+    result.stdout.fnmatch_lines(["*test_parity[[]small-torchscript-cpu-parity[]]*",
+                                 "*test_parity[[]small-onnx-cpu-golden[]]*"])
+    result, records = suite("-k", "onnx and not golden")  # "parity" also matches the test function name
+    result.assert_outcomes(passed=1)
+    assert [(r["format"], r["check"]) for r in records] == [("onnx", "parity")]
+
+
+def test_perturbed_export_fails_parity_naming_the_output(suite, case_dir):
+    write_case(case_dir, "bug", SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]")
+               + "checks: [parity]\nexport:\n  onnx: {function: 'models:perturbing_export'}\n")
+    result, records = suite()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*parity of onnx/cpu against the eager model: 2 of 2 comparisons failed*",
+                                 "*b1 * logits *", "*b3 logits: * elements outside tolerance*"])
+    record = records[0]
+    assert record["status"] == "failed"
+    assert record["metrics"]["artefact"]["source"] == "function:models:perturbing_export"
+    assert record["metrics"]["scaled_error"] > 1e-3
+
+
+def test_prebuilt_artefact_is_compared_without_reexport(suite, case_dir, pytester):
+    write_case(case_dir, "small", SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]")
+               + "checks: [parity]\n")
+    result, records = suite()
+    result.assert_outcomes(passed=1)
+    built = pytester.path / "build" / "small" / "onnx" / "model.onnx"
+    shutil.copy(built, case_dir / "frozen.onnx")
+    shutil.rmtree(pytester.path / "build")
+    (case_dir / "small.yaml").write_text((case_dir / "small.yaml").read_text()
+                                         + "export:\n  onnx: {artefact: frozen.onnx}\n")
+    result, records = suite()
+    result.assert_outcomes(passed=1)
+    assert records[0]["metrics"]["artefact"]["source"] == "prebuilt"
+    assert not (pytester.path / "build" / "small" / "onnx").exists()  # nothing was exported
+
+
+def test_prebuilt_artefact_of_another_model_fails(suite, case_dir, pytester):
+    write_case(case_dir, "small", SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]")
+               + "checks: [parity]\n")
+    suite()
+    shutil.copy(pytester.path / "build" / "small" / "onnx" / "model.onnx", case_dir / "frozen.onnx")
+    (case_dir / "small.yaml").write_text((case_dir / "small.yaml").read_text().replace("seed: 3", "seed: 4")
+                                         + "export:\n  onnx: {artefact: frozen.onnx}\n")
+    result, records = suite()
+    result.assert_outcomes(failed=1)
+    assert records[0]["status"] == "failed"
+
+
+def test_bad_case_fails_alone_and_others_run(suite, case_dir):
+    write_case(case_dir, "good", SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [torchscript]")
+               + "checks: [parity]\n")
+    write_case(case_dir, "typo", SMALL_CASE + "tolerance: {default: {atoll: 1}}\n")
+    result, records = suite()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*typo.yaml: tolerance.default.atoll: unknown field 'atoll'*did you mean 'atol'*"])
+    assert by_id(records)["typo-None-None-load"]["status"] == "error"
+
+
+def test_export_failure_fails_its_format_only(suite, case_dir):
+    write_case(case_dir, "small", SMALL_CASE + "checks: [parity]\nexport:\n  onnx: {function: 'models:broken_export'}\n")
+    result, records = suite()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*export to onnx failed: the case's export function models:broken_export raised "
+                                 "RuntimeError: converter exploded: unsupported operator aten::frobnicate*"])
+    assert by_id(records)["small-onnx-cpu-parity"]["status"] == "error"
+    assert by_id(records)["small-torchscript-cpu-parity"]["status"] == "passed"
+
+
+def test_golden_drift_fails_even_when_parity_passes(suite, case_dir, pytester):
+    write_case(case_dir, "small", SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]"))
+    suite("--update-golden")
+    golden = pytester.path / "golden" / "small" / "onnx-cpu.npz"
+    import numpy as np
+
+    with np.load(golden) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays = {k: v * 1.001 for k, v in arrays.items()}  # the golden says the export used to compute this
+    np.savez(golden, **arrays)
+    result, records = suite()
+    result.assert_outcomes(passed=1, failed=1)
+    assert by_id(records)["small-onnx-cpu-golden"]["status"] == "failed"
+    result.stdout.fnmatch_lines(["*golden drift of onnx/cpu*"])
+
+
+def test_golden_for_other_input_spec_says_so(suite, case_dir):
+    write_case(case_dir, "small", SMALL_CASE + "checks: [golden]\n")
+    suite("--update-golden")
+    (case_dir / "small.yaml").write_text((case_dir / "small.yaml").read_text().replace("shape: [3, 8, 8]",
+                                                                                        "shape: [3, 8, 8], std: 3"))
+    result, _ = suite()
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*recorded for another input spec*--update-golden*"])
+
+
+def test_without_flag_golden_is_never_written(suite, case_dir, pytester):
+    write_case(case_dir, "small", SMALL_CASE + "checks: [golden]\n")
+    suite()
+    assert not (pytester.path / "golden").exists()
+
+
+def test_model_change_is_reported_in_golden_failure(suite, case_dir):
+    write_case(case_dir, "small", SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [torchscript]")
+               + "checks: [golden]\n")
+    suite("--update-golden")
+    # a model change (other BatchNorm statistics), same inputs: the golden says the reference moved too
+    models = case_dir / "models.py"
+    models.write_text(models.read_text().replace("uniform_(0.5, 2.0)", "uniform_(0.6, 2.0)"))
+    result, _ = suite()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*the eager reference itself moved*"])
+
+
+def test_cuda_is_skipped_with_reason(suite, case_dir):
+    write_case(case_dir, "small", SMALL_CASE.replace("backends: [cpu]", "backends: [cuda]") + "checks: [parity]\n")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the skip path is not taken")
+    result, records = suite()
+    result.assert_outcomes(skipped=2)
+    reasons = {r["format"]: r["message"] for r in records}
+    assert "sees no CUDA device" in reasons["torchscript"]
+    assert "no CUDAExecutionProvider" in reasons["onnx"]
