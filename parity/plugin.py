@@ -17,6 +17,7 @@ from typing import Optional
 import pytest
 
 from parity.errors import CaseError
+from parity.registry import FORMATS
 
 _CASES = pytest.StashKey[tuple]()
 
@@ -92,6 +93,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             marks.append(pytest.mark.xfail(reason=case.xfail, strict=True))
         for fmt in case.formats:
             for backend in case.backends:
+                if backend not in FORMATS[fmt].backends:
+                    continue  # e.g. cpu-ref exists only for TFLite
                 for check in case.checks:
                     target = Target(case, fmt, backend, check)
                     params.append(pytest.param(target, id=target.id, marks=marks))

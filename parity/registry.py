@@ -25,6 +25,7 @@ class FormatInfo:
     requires: tuple[str, ...]  # importable modules both export and run need
     install: str  # how to install what is missing
     exporter_options: tuple[str, ...] = ()  # option names the built-in exporter accepts
+    precision: str = "fp32"  # numeric precision of the artefact: picks the default tolerance (fp32, fp16, int8)
 
 
 FORMATS: dict[str, FormatInfo] = {
@@ -50,7 +51,8 @@ FORMATS: dict[str, FormatInfo] = {
     ),
 }
 
-#: Every backend name a case may list. A format without a runner for one skips it with a reason.
+#: Every backend name a case may list. A (format, backend) pair is tested when the format lists the
+#: backend in its ``backends``; a listed backend that cannot run here is skipped with the reason.
 BACKENDS: tuple[str, ...] = ("cpu", "cuda")
 
 #: Checks, in the order they run for a target.

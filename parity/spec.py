@@ -177,10 +177,11 @@ class Case(_Strict):
             if level is not None:
                 merged.update({k: v for k, v in level.model_dump().items() if v is not None})
         explicit = "atol" in merged or "rtol" in merged
+        default_scale = DEFAULT_SCALES[FORMATS[fmt].precision] if fmt in FORMATS else DEFAULT_SCALE
         return ResolvedTolerance(
             atol=merged.get("atol", 0.0),
             rtol=merged.get("rtol", 0.0),
-            scale=merged.get("scale", 0.0 if explicit else DEFAULT_SCALE),
+            scale=merged.get("scale", 0.0 if explicit else default_scale),
             allow_vacuous=merged.get("allow_vacuous", False),
         )
 
@@ -201,6 +202,9 @@ class Case(_Strict):
 #: convolutions) exported to ONNX measured 1.4e-5 on this stack, so 1e-5 would flag a correct export;
 #: a 1% change of one layer's weights gives 1e-3 and more. See README.
 DEFAULT_SCALE = 1e-4
+#: Default ``scale`` per artefact precision (``FormatInfo.precision``). fp16 carries about 1e-3
+#: relative error per operation; int8 artefacts are judged mainly by accuracy checks.
+DEFAULT_SCALES = {"fp32": DEFAULT_SCALE, "fp16": 5e-3, "int8": 5e-2}
 
 
 class ResolvedTolerance(BaseModel):
