@@ -54,16 +54,17 @@ def _tolerance_lines(run: CaseRun, fmt: str, backend: str) -> str:
 
 
 def _verdict(title: str, rows: list[tuple[str, OutputComparison]], run: CaseRun, fmt: str, backend: str,
-             metrics: dict, notes: list[str] = ()) -> CheckResult:
+             metrics: dict, notes: list[str] = (), extra_problems: list[str] = ()) -> CheckResult:
     failed = [(label, c) for label, c in rows if not c.passed]
     metrics.update(_summary(rows))
     metrics["outputs"] = _per_output(rows)
     warnings = [f"{label} {c.name}: {c.problem}" for label, c in rows if c.passed and c.problem]
-    if not failed:
+    if not failed and not extra_problems:
         return CheckResult("passed", "\n".join([*warnings, *notes]), metrics)
-    problems = [f"  {label} {c.name}: {c.problem}" for label, c in failed]
+    problems = [f"  {label} {c.name}: {c.problem}" for label, c in failed] + [f"  {p}" for p in extra_problems]
     message = "\n".join([
-        f"{title}: {len(failed)} of {len(rows)} comparisons failed",
+        f"{title}: {len(failed)} of {len(rows)} comparisons failed"
+        + (f", {len(extra_problems)} learned drift threshold(s) exceeded" if extra_problems else ""),
         format_table(rows),
         "problems:", *problems,
         f"tolerance (|obtained-expected| <= atol + rtol*|expected| + scale*max|expected|): "
@@ -126,6 +127,44 @@ def _write_case_golden(run: CaseRun, session: "Session") -> None:
     run.golden_case_written = True
 
 
+def _errors_vs_reference(run: CaseRun, fmt: str, backend: str) -> dict[str, dict[str, float]]:
+    """Per output, the worst error of the target against the eager reference over all batch sizes."""
+    worst: dict[str, dict[str, float]] = {}
+    for size in run.case.batch_sizes:
+        for c in compare_outputs(run.reference(size), run.outputs(fmt, backend, size),
+                                 lambda n: run.case.tolerance_for(fmt, backend, n)):
+            w = worst.setdefault(c.name, {"max_abs": 0.0, "scaled_error": 0.0})
+            w["max_abs"] = max(w["max_abs"], c.max_abs)
+            w["scaled_error"] = max(w["scaled_error"], c.scaled_error)
+    return worst
+
+
+def _learned_drift(run: CaseRun, fmt: str, backend: str, recorded: dict) -> tuple[dict, list[str]]:
+    """Compare today's error vs the reference with the error recorded with the golden.
+
+    A target may still be "within tolerance" of both the eager model and its golden while having
+    become much less accurate (a runtime upgrade 100x less precise, still inside 1e-4): the
+    threshold learned at recording time, ``max(drift_factor x recorded, floor)``, catches that.
+    """
+    now = _errors_vs_reference(run, fmt, backend)
+    table: dict[str, dict] = {}
+    problems: list[str] = []
+    for name, err in now.items():
+        tol = run.case.tolerance_for(fmt, backend, name)
+        before = recorded.get(name, {}).get("scaled_error")
+        if before is None or isinstance(before, str):
+            continue
+        limit = max(before * tol.drift_factor, tol.drift_floor)
+        table[name] = {"recorded_error": before, "error_now": err["scaled_error"], "limit": limit,
+                       "drift_factor": tol.drift_factor, "floor": tol.drift_floor}
+        if err["scaled_error"] > limit:
+            problems.append(f"{name}: error vs the eager reference grew from {before:.3g} (recorded with the golden) "
+                            f"to {err['scaled_error']:.3g} of max|ref| now, beyond the learned limit {limit:.3g} "
+                            f"(max({tol.drift_factor:g} x recorded, floor {tol.drift_floor:g})): the export or "
+                            f"runtime became less accurate")
+    return table, problems
+
+
 def check_golden(run: CaseRun, fmt: str, backend: str, session: "Session") -> CheckResult:
     """Today's outputs of the target on the golden inputs against the outputs recorded for it.
 
@@ -141,8 +180,7 @@ def check_golden(run: CaseRun, fmt: str, backend: str, session: "Session") -> Ch
     if session.update_golden:
         _write_case_golden(run, session)
         arrays = {key(name, b): arr for b in sizes for name, arr in run.outputs(fmt, backend, b).items()}
-        parity_rows = [c for b in sizes for c in compare_outputs(run.reference(b), run.outputs(fmt, backend, b),
-                                                                 lambda n: case.tolerance_for(fmt, backend, n))]
+        errors = _errors_vs_reference(run, fmt, backend)
         store.write_arrays(case.name, f"{target}.npz", arrays)
         store.write_json(case.name, f"{target}.json", {
             "case": case.name, "format": fmt, "backend": backend,
@@ -150,8 +188,7 @@ def check_golden(run: CaseRun, fmt: str, backend: str, session: "Session") -> Ch
             "runner": run.runner(fmt, backend).name,
             "artefact": {k: v for k, v in run.artefact_info(fmt).items() if k not in ("path", "export_s")},
             "tolerance": {n: case.tolerance_for(fmt, backend, n).model_dump() for n in run.output_names},
-            "error_vs_reference": {c.name: {"max_abs": c.max_abs, "scaled_error": c.scaled_error}
-                                   for c in parity_rows},
+            "error_vs_reference": errors,
             "versions": _versions(),
             "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
@@ -203,10 +240,12 @@ def check_golden(run: CaseRun, fmt: str, backend: str, session: "Session") -> Ch
     if reference_moved > 0:
         notes.append(f"note: the eager reference itself moved by up to {reference_moved:.3g} since the golden was "
                      "recorded: the model, its weights or torch changed, not only the export")
+    drift, drift_problems = _learned_drift(run, fmt, backend, target_meta.get("error_vs_reference", {}))
     metrics = {"runner": run.runner(fmt, backend).name, "golden": str(store.path(case.name, target + ".npz")),
                "recorded": target_meta.get("recorded"), "recorded_versions": target_meta.get("versions"),
-               "reference_moved_max_abs": reference_moved}
-    return _verdict(f"golden drift of {fmt}/{backend} (today vs {target}.npz)", rows, run, fmt, backend, metrics, notes)
+               "reference_moved_max_abs": reference_moved, "learned_drift": drift}
+    return _verdict(f"golden drift of {fmt}/{backend} (today vs {target}.npz)", rows, run, fmt, backend, metrics, notes,
+                    drift_problems)
 
 
 CHECKS: dict[str, Callable[[CaseRun, str, str, "Session"], CheckResult]] = {

@@ -100,6 +100,9 @@ class Tolerance(_Strict):
     rtol: Optional[NonNegFloat] = None
     scale: Optional[NonNegFloat] = None
     allow_vacuous: Optional[bool] = None
+    drift_factor: Optional[Annotated[float, Field(ge=1)]] = Field(
+        default=None, description="golden check: fail when the error vs the reference grows beyond this "
+        "factor of the error recorded with the golden (default 10)")
 
 
 class Tolerances(_Strict):
@@ -177,12 +180,15 @@ class Case(_Strict):
             if level is not None:
                 merged.update({k: v for k, v in level.model_dump().items() if v is not None})
         explicit = "atol" in merged or "rtol" in merged
-        default_scale = DEFAULT_SCALES[FORMATS[fmt].precision] if fmt in FORMATS else DEFAULT_SCALE
+        precision = FORMATS[fmt].precision if fmt in FORMATS else "fp32"
+        default_scale = DEFAULT_SCALES[precision]
         return ResolvedTolerance(
             atol=merged.get("atol", 0.0),
             rtol=merged.get("rtol", 0.0),
             scale=merged.get("scale", 0.0 if explicit else default_scale),
             allow_vacuous=merged.get("allow_vacuous", False),
+            drift_factor=merged.get("drift_factor", DEFAULT_DRIFT_FACTOR),
+            drift_floor=DRIFT_FLOORS[precision],
         )
 
     def input_fingerprint(self) -> str:
@@ -205,6 +211,11 @@ DEFAULT_SCALE = 1e-4
 #: Default ``scale`` per artefact precision (``FormatInfo.precision``). fp16 carries about 1e-3
 #: relative error per operation; int8 artefacts are judged mainly by accuracy checks.
 DEFAULT_SCALES = {"fp32": DEFAULT_SCALE, "fp16": 5e-3, "int8": 5e-2}
+#: Learned drift thresholds: the golden check fails when a target's error against the reference
+#: (relative to max|reference|) exceeds max(drift_factor x the error recorded with the golden, floor).
+#: The floor, about 8 machine epsilons, keeps an exact recording (error 0) from failing on float noise.
+DEFAULT_DRIFT_FACTOR = 10.0
+DRIFT_FLOORS = {"fp32": 1e-6, "fp16": 8e-3, "int8": 5e-2}
 
 
 class ResolvedTolerance(BaseModel):
@@ -215,6 +226,8 @@ class ResolvedTolerance(BaseModel):
     rtol: float
     scale: float
     allow_vacuous: bool = False
+    drift_factor: float = DEFAULT_DRIFT_FACTOR
+    drift_floor: float = 1e-6
 
     def describe(self) -> str:
         return f"atol={self.atol:g} rtol={self.rtol:g} scale={self.scale:g}"
@@ -231,6 +244,21 @@ def _sha256(path: Path) -> str:
 # --------------------------------------------------------------------------- loading
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-5`` as a float (YAML 1.2), not as the string PyYAML's 1.1 rules give."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
 def load_case(path: str | Path) -> Case:
     """Read, validate and check one case file. Raises CaseError naming file, field and fix."""
     path = Path(path)
@@ -240,7 +268,7 @@ def load_case(path: str | Path) -> Case:
     except OSError as e:
         raise CaseError(shown, "", f"cannot read the file ({e.strerror})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

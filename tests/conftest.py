@@ -54,6 +54,41 @@ def perturbing_export(model, example_inputs, path, layer="fc", factor=1.01):
     return {"exporter": "perturbing"}
 
 
+def tiny_outputs():
+    """Logits around 1e-13 (like efficientnet_b0 with random weights: 4e-14)."""
+    model = small()
+    with torch.no_grad():
+        model.fc.weight.mul_(1e-13)
+        model.fc.bias.mul_(1e-13)
+    return model
+
+
+def zeros():
+    model = small()
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.zero_()
+    return model
+
+
+class _Noisy(nn.Module):
+    def __init__(self, model, level):
+        super().__init__()
+        self.model = model
+        self.level = level
+
+    def forward(self, x):
+        out = self.model(x)
+        ones = torch.ones_like(out)
+        pattern = torch.sin(torch.cumsum(ones, -1) * 1.7 + torch.cumsum(ones, 0) * 0.3)
+        return out + self.level * out.abs().max() * pattern
+
+
+def noisy_export(model, example_inputs, path, level=1e-7):
+    """An exporter whose artefact carries a deterministic error of `level` x max|output|."""
+    torch.jit.save(torch.jit.trace(_Noisy(model.eval(), level), example_inputs, check_trace=False), str(path))
+
+
 def broken_export(model, example_inputs, path):
     raise RuntimeError("converter exploded: unsupported operator aten::frobnicate")
 '''

@@ -161,8 +161,14 @@ tolerance:
     assert case.tolerance_for("torchscript", "cpu", "other").scale == 2e-4
     onnx = case.tolerance_for("onnx", "cpu", "other")
     assert (onnx.atol, onnx.rtol, onnx.scale) == (1e-3, 0.0, 2e-4)
-    assert case.tolerance_for("onnx", "cuda", "logits").model_dump() == {
-        "atol": 1e-3, "rtol": 1e-2, "scale": 5e-4, "allow_vacuous": False}
+    cuda = case.tolerance_for("onnx", "cuda", "logits")
+    assert (cuda.atol, cuda.rtol, cuda.scale, cuda.allow_vacuous) == (1e-3, 1e-2, 5e-4, False)
+
+
+def test_exponent_floats_are_floats_not_strings(case_dir):
+    """PyYAML's YAML 1.1 rules read 1e-5 as a string; a factory kwarg must get a float."""
+    case = load_case(write_case(case_dir, "f", SMALL_CASE.replace("  seed: 3", "  seed: 3\n  kwargs: {eps: 1e-5}")))
+    assert case.model.kwargs == {"eps": 1e-5}
 
 
 def test_explicit_atol_rtol_work_as_written(case_dir):
