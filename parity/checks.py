@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from parity.compare import OutputComparison, compare_outputs, format_table
-from parity.engine import CaseRun, CheckResult
+from parity.compare import OutputComparison, compare_output, compare_outputs, format_table
+from parity.engine import CaseRun, CheckResult, short_error
 from parity.golden import key
 
 if TYPE_CHECKING:
@@ -54,7 +54,8 @@ def _tolerance_lines(run: CaseRun, fmt: str, backend: str) -> str:
 
 
 def _verdict(title: str, rows: list[tuple[str, OutputComparison]], run: CaseRun, fmt: str, backend: str,
-             metrics: dict, notes: list[str] = (), extra_problems: list[str] = ()) -> CheckResult:
+             metrics: dict, notes: list[str] = (), extra_problems: list[str] = (),
+             tolerance_text: str = "") -> CheckResult:
     failed = [(label, c) for label, c in rows if not c.passed]
     metrics.update(_summary(rows))
     metrics["outputs"] = _per_output(rows)
@@ -68,7 +69,7 @@ def _verdict(title: str, rows: list[tuple[str, OutputComparison]], run: CaseRun,
         format_table(rows),
         "problems:", *problems,
         f"tolerance (|obtained-expected| <= atol + rtol*|expected| + scale*max|expected|): "
-        f"{_tolerance_lines(run, fmt, backend)}",
+        f"{tolerance_text or _tolerance_lines(run, fmt, backend)}",
         *notes,
     ])
     return CheckResult("failed", message, metrics)
@@ -186,7 +187,8 @@ def check_golden(run: CaseRun, fmt: str, backend: str, session: "Session") -> Ch
             "case": case.name, "format": fmt, "backend": backend,
             "input_fingerprint": fingerprint,
             "runner": run.runner(fmt, backend).name,
-            "artefact": {k: v for k, v in run.artefact_info(fmt).items() if k not in ("path", "export_s")},
+            # export time and size vary from run to run (zip timestamps): the report has them, the golden not
+            "artefact": {k: v for k, v in run.artefact_info(fmt).items() if k not in ("path", "export_s", "size_bytes")},
             "tolerance": {n: case.tolerance_for(fmt, backend, n).model_dump() for n in run.output_names},
             "error_vs_reference": errors,
             "versions": _versions(),
@@ -248,7 +250,188 @@ def check_golden(run: CaseRun, fmt: str, backend: str, session: "Session") -> Ch
                     drift_problems)
 
 
+# ---------------------------------------------------------------- frozen-graph checks
+
+BATCH_MATES_HINT = "outputs depend on batch-mates: batch statistics at inference — BatchNorm in training mode?"
+BATCH_SIZE_HINT = ("small differences per batch size, not gross ones: kernels chosen per batch size (raise "
+                   "batch_invariance.scale if this is expected for the runtime)")
+#: Above this error (relative to max|output|) a batch difference is not float noise of kernel choice.
+GROSS = 1e-3
+RANDOM_HINT = "outputs are random: dropout or a random op left on at inference?"
+
+
+def _slice(inputs: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+    return {k: v[start:stop] for k, v in inputs.items()}
+
+
+def _very_different(arr: np.ndarray) -> np.ndarray:
+    """Batch-mates unlike the sample under test: shifted and scaled (floats), reversed (integers)."""
+    if np.issubdtype(arr.dtype, np.floating):
+        return (arr.astype(np.float64) * 10.0 + 5.0).astype(arr.dtype)
+    return np.ascontiguousarray(np.flip(arr, axis=-1)) if arr.ndim > 1 else arr[::-1].copy()
+
+
+def _training_findings(run: CaseRun, fmt: str) -> list:
+    found = [f for f in run.model_findings]
+    try:
+        found += [f for f in (run.artefact_findings(fmt) or [])]
+    except Exception:  # the lint has its own test; a hint must not break this check
+        pass
+    return found
+
+
+def check_batch_invariance(run: CaseRun, fmt: str, backend: str, session: "Session") -> CheckResult:
+    """A sample's output must not depend on the batch it is in.
+
+    Each sample is run alone (batch 1) and compared with the same sample inside a batch of every
+    listed size, and inside a batch whose other samples are very different (shifted and scaled).
+    """
+    case = run.case
+    n = max(case.batch_sizes)
+    tol = case.invariance_tolerance(fmt)
+    unsupported: dict[int, str] = {}
+    solo: list[dict[str, np.ndarray]] = []
+    try:
+        for i in range(n):
+            solo.append(run.run_target(fmt, backend, _slice(run.pool, i, i + 1)))
+    except Exception as e:
+        return CheckResult("skipped", f"the artefact does not run at batch 1 ({short_error(e, 2)}); batch-size "
+                           "invariance needs each sample alone", {"unsupported_batch_sizes": {1: str(e)}})
+    rows: list[tuple[str, OutputComparison]] = []
+    ran = [1]
+
+    def compare(label: str, batched: dict[str, np.ndarray], count: int) -> None:
+        for name, arr in batched.items():
+            if arr.ndim == 0 or arr.shape[0] != count:
+                continue  # not batched along dim 0: nothing to compare per sample
+            expected = np.concatenate([solo[j][name] for j in range(count)])
+            rows.append((label, compare_output(name, expected, arr, tol)))
+
+    for size in case.batch_sizes:
+        if size == 1:
+            continue
+        try:
+            batched = run.outputs(fmt, backend, size)
+        except Exception as e:
+            unsupported[size] = short_error(e, 2)
+            continue
+        ran.append(size)
+        compare(f"b{size}", batched, size)
+
+    m = max(n, 2)
+    mates = {k: _very_different(np.concatenate([v[1:m]] if n > 1 else [v[:1]])) for k, v in run.pool.items()}
+    mixed_inputs = {k: np.concatenate([run.pool[k][:1], mates[k]]) for k in run.pool}
+    try:
+        mixed = run.run_target(fmt, backend, mixed_inputs)
+        compare("mixed", {k: v[:1] for k, v in mixed.items()}, 1)
+    except Exception as e:
+        unsupported[m] = short_error(e, 2)
+
+    if not rows:
+        return CheckResult("skipped", "no batched output to compare (no output has the batch as dimension 0)")
+    failed_labels = {label for label, c in rows if not c.passed}
+    again = run.run_target(fmt, backend, _slice(run.pool, 0, 1))
+    random = any(not np.array_equal(again[k], solo[0][k], equal_nan=True) for k in again)
+    notes: list[str] = []
+    if unsupported:
+        notes.append("batch sizes the artefact does not run at (skipped): " +
+                     "; ".join(f"{b}: {msg}" for b, msg in unsupported.items()))
+    hint = ""
+    if failed_labels:
+        if random:
+            hint = RANDOM_HINT
+            if any(f.kind == "batchnorm-training" for f in _training_findings(run, fmt)):
+                hint += " Batch statistics (BatchNorm in training mode) may add to it."
+        elif max(c.scaled_error for _, c in rows) > GROSS:
+            hint = BATCH_MATES_HINT  # far beyond what kernel choice per batch size does to fp32
+        else:
+            hint = BATCH_SIZE_HINT
+        suspects = [f for f in _training_findings(run, fmt) if f.kind in ("batchnorm-training", "training-mode")
+                    or (random and f.kind in ("dropout-training", "random-op"))]
+        notes.insert(0, "likely cause: " + hint)
+        notes += [f"  {f.describe()}" for f in suspects[:8]]
+    worst = {label: max(c.scaled_error for lab, c in rows if lab == label) for label in dict.fromkeys(l for l, _ in rows)}
+    metrics = {"runner": run.runner(fmt, backend).name, "batch_sizes_run": ran, "mixed_batch_size": m,
+               "unsupported_batch_sizes": unsupported, "error_by_batch": worst, "random": random, "hint": hint,
+               "tolerance": tol.model_dump()}
+    return _verdict(f"batch-size invariance of {fmt}/{backend} (each sample alone vs inside a batch)", rows, run,
+                    fmt, backend, metrics, notes, tolerance_text=f"all outputs: {tol.describe()} (batch_invariance)")
+
+
+def check_determinism(run: CaseRun, fmt: str, backend: str, session: "Session") -> CheckResult:
+    """Repeated runs in one session, and one in a fresh session, must be bitwise identical
+    (or within the case's per-backend determinism tolerance)."""
+    case = run.case
+    size = max(case.batch_sizes)
+    inputs = run.inputs(size)
+    first = run.outputs(fmt, backend, size)
+    attempts = [(f"run {i + 2} of {case.determinism.runs}", run.run_target(fmt, backend, inputs))
+                for i in range(case.determinism.runs - 1)]
+    fresh = run.fresh_runner(fmt, backend)
+    try:
+        attempts.append(("fresh session", dict(zip(run.output_names, fresh.infer(inputs)))))
+    finally:
+        fresh.deactivate()
+    tol = case.determinism_tolerance(backend)
+    differences = []
+    table: dict[str, dict[str, float]] = {}
+    for label, outputs in attempts:
+        for name, arr in outputs.items():
+            ref = first[name]
+            same_shape = arr.shape == ref.shape
+            diff = float(np.nanmax(np.abs(arr.astype(np.float64) - ref))) if same_shape and arr.size else 0.0
+            table.setdefault(name, {})[label] = diff
+            if tol is None:
+                ok = same_shape and np.array_equal(arr, ref, equal_nan=True)
+            else:
+                ok = compare_output(name, ref, arr, tol).passed
+            if not ok:
+                differences.append(f"  {name}: {label} differs from run 1 by up to {diff:.3g}"
+                                   + ("" if same_shape else f" (shape {arr.shape} vs {ref.shape})"))
+    metrics = {"runner": run.runner(fmt, backend).name, "runs": case.determinism.runs, "batch_size": size,
+               "max_abs_difference": table, "bitwise": tol is None,
+               "tolerance": None if tol is None else tol.model_dump()}
+    if not differences:
+        return CheckResult("passed", "", metrics)
+    random_nodes = [f for f in _training_findings(run, fmt) if f.kind in ("dropout-training", "random-op")]
+    lines = [f"determinism of {fmt}/{backend}: outputs differ between runs on the same input (batch {size}, "
+             f"{'bitwise' if tol is None else 'tolerance ' + tol.describe()})", *differences,
+             "likely cause: " + RANDOM_HINT]
+    if random_nodes:
+        lines += ["random nodes found:", *[f"  {f.describe()}" for f in random_nodes[:8]]]
+    metrics["random_nodes"] = [f.as_dict() for f in random_nodes]
+    return CheckResult("failed", "\n".join(lines), metrics)
+
+
+def check_lint(run: CaseRun, fmt: str, backend: str, session: "Session") -> CheckResult:
+    """Training-mode lint: modules of the model, and nodes of the artefact, that behave as in training."""
+    model = run.model_findings
+    artefact = run.artefact_findings(fmt)
+    name = run.artefact(fmt).path.name
+    metrics = {"model": [f.as_dict() for f in model],
+               "artefact": None if artefact is None else [f.as_dict() for f in artefact],
+               "artefact_linted": artefact is not None}
+    if not model and not artefact:
+        note = "" if artefact is not None else f"no static lint exists for {fmt} artefacts; only the model was linted"
+        return CheckResult("passed", note, metrics)
+    lines = [f"training-mode lint of {run.case.name}/{fmt}: {len(model) + len(artefact or [])} finding(s)"]
+    if model:
+        lines.append("model handed to the exporter (module is in training mode):")
+        lines += [f"  {f.where} ({f.op}): {f.detail}" for f in model]
+    if artefact:
+        lines.append(f"artefact {name}:")
+        lines += [f"  {f.describe()}" for f in artefact]
+    elif artefact is not None and model:
+        lines.append(f"artefact {name}: no training-mode node; the {fmt} exporter silently switched to inference "
+                     "behaviour, so this artefact differs from what the model computes in its current mode")
+    lines.append("fix: call model.eval() before exporting (or return the model in eval mode from the factory)")
+    return CheckResult("failed", "\n".join(lines), metrics)
+
+
 CHECKS: dict[str, Callable[[CaseRun, str, str, "Session"], CheckResult]] = {
     "parity": check_parity,
     "golden": check_golden,
+    "batch_invariance": check_batch_invariance,
+    "determinism": check_determinism,
+    "lint": check_lint,
 }

@@ -28,7 +28,7 @@ from parity.artefact import Artefact
 from parity.errors import BackendUnavailable, CaseError, ExportError, GoldenError
 from parity.golden import GoldenStore
 from parity.inputs import batch, make_pool
-from parity.registry import FORMATS, load_object, missing_modules
+from parity.registry import BACKEND_FREE_CHECKS, FORMATS, load_object, missing_modules
 from parity.spec import Case
 
 STATUSES = ("passed", "failed", "skipped", "error")
@@ -228,6 +228,26 @@ class CaseRun:
             self._outputs[k] = self.run_target(fmt, backend, self.inputs(size))
         return self._outputs[k]
 
+    def fresh_runner(self, fmt: str, backend: str):
+        """A new, activated runner (a fresh runtime session); the caller deactivates it."""
+        runner_cls = load_object(FORMATS[fmt].runner)
+        return runner_cls(self.artefact(fmt), backend).activate()
+
+    @cached_property
+    def model_findings(self) -> list:
+        """Training-mode lint of the model handed to exporters (as the factory returned it)."""
+        from parity.lint.model import lint_model
+
+        return lint_model(self.model)
+
+    def artefact_findings(self, fmt: str) -> Optional[list]:
+        """Static lint of the artefact, or None when the format has no linter."""
+        k = f"_findings_{fmt}"
+        if k not in self.__dict__:
+            linter = FORMATS[fmt].linter
+            self.__dict__[k] = None if linter is None else load_object(linter)(self.artefact(fmt).path)
+        return self.__dict__[k]
+
     def artefact_info(self, fmt: str) -> dict:
         a = self.artefact(fmt)
         return {"path": str(a.path), "source": a.source, **a.metadata}
@@ -263,10 +283,11 @@ class Session:
             return CheckResult("skipped", f"{fmt} skipped: {', '.join(missing)} not installed; {info.install}")
         run = self.case_run(case)
         try:
-            runner_cls = load_object(info.runner)
-            reason = runner_cls.unavailable_reason(backend)
-            if reason:
-                return CheckResult("skipped", reason)
+            if check not in BACKEND_FREE_CHECKS:
+                runner_cls = load_object(info.runner)
+                reason = runner_cls.unavailable_reason(backend)
+                if reason:
+                    return CheckResult("skipped", reason)
             return CHECKS[check](run, fmt, backend, self)
         except BackendUnavailable as e:
             return CheckResult("skipped", str(e))

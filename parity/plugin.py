@@ -17,7 +17,7 @@ from typing import Optional
 import pytest
 
 from parity.errors import CaseError
-from parity.registry import FORMATS
+from parity.registry import BACKEND_FREE_CHECKS, FORMATS
 
 _CASES = pytest.StashKey[tuple]()
 
@@ -61,7 +61,7 @@ class Target:
     def id(self) -> str:
         if self.load_error is not None:
             return f"{Path(self.load_error.path).stem}-case-error"
-        return f"{self.case.name}-{self.format}-{self.backend}-{self.check}"
+        return "-".join(p for p in (self.case.name, self.format, self.backend, self.check) if p)
 
 
 @dataclass
@@ -88,14 +88,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     cases, errors = _load(metafunc.config)
     params = []
     for case in cases:
-        marks = [pytest.mark.xdist_group(case.name)]
-        if case.xfail:
-            marks.append(pytest.mark.xfail(reason=case.xfail, strict=True))
+        group = pytest.mark.xdist_group(case.name)
         for fmt in case.formats:
-            for backend in case.backends:
-                if backend not in FORMATS[fmt].backends:
-                    continue  # e.g. cpu-ref exists only for TFLite
-                for check in case.checks:
+            backends = [b for b in case.backends if b in FORMATS[fmt].backends]  # cpu-ref is TFLite's only
+            for check in case.checks:
+                marks = [group]
+                updating = check == "golden" and metafunc.config.getoption("update_golden")
+                if case.expects_failure(check, fmt) and not updating:
+                    marks.append(pytest.mark.xfail(reason=case.xfail, strict=True))
+                for backend in ([""] if check in BACKEND_FREE_CHECKS else backends):
                     target = Target(case, fmt, backend, check)
                     params.append(pytest.param(target, id=target.id, marks=marks))
     for error in errors:
@@ -122,10 +123,10 @@ class _SessionAdapter:
             return Outcome("error", str(e), record)
         start = time.perf_counter()
         result = self.engine.run_check(target.case, target.format, target.backend, target.check)
-        record = {"case": target.case.name, "format": target.format, "backend": target.backend,
+        record = {"case": target.case.name, "format": target.format, "backend": target.backend or None,
                   "check": target.check, "status": result.status, "message": result.message,
                   "metrics": result.metrics, "duration_s": round(time.perf_counter() - start, 4)}
-        if target.case.xfail:
+        if target.case.expects_failure(target.check, target.format):
             record["xfail"] = target.case.xfail
         return Outcome(result.status, result.message, record)
 

@@ -26,6 +26,7 @@ class FormatInfo:
     install: str  # how to install what is missing
     exporter_options: tuple[str, ...] = ()  # option names the built-in exporter accepts
     precision: str = "fp32"  # numeric precision of the artefact: picks the default tolerance (fp32, fp16, int8)
+    linter: str | None = None  # "module:function", lint(path) -> list[parity.lint.Finding] (training-mode lint)
 
 
 FORMATS: dict[str, FormatInfo] = {
@@ -38,6 +39,7 @@ FORMATS: dict[str, FormatInfo] = {
         requires=("torch",),
         install="pip install 'parity[torch]'",
         exporter_options=("method",),
+        linter="parity.lint.torchscript:lint",
     ),
     "onnx": FormatInfo(
         name="onnx",
@@ -48,6 +50,7 @@ FORMATS: dict[str, FormatInfo] = {
         requires=("torch", "onnx", "onnxruntime", "onnxscript"),
         install="pip install 'parity[onnx]'",
         exporter_options=("opset", "dynamo"),
+        linter="parity.lint.onnx:lint",
     ),
 }
 
@@ -56,7 +59,10 @@ FORMATS: dict[str, FormatInfo] = {
 BACKENDS: tuple[str, ...] = ("cpu", "cuda")
 
 #: Checks, in the order they run for a target.
-CHECKS: tuple[str, ...] = ("parity", "golden")
+CHECKS: tuple[str, ...] = ("parity", "golden", "batch_invariance", "determinism", "lint")
+
+#: Checks that look at the model and the artefact, not at a backend: one test per (case, format).
+BACKEND_FREE_CHECKS: tuple[str, ...] = ("lint",)
 
 
 def missing_modules(fmt: FormatInfo) -> list[str]:

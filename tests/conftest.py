@@ -89,6 +89,56 @@ def noisy_export(model, example_inputs, path, level=1e-7):
     torch.jit.save(torch.jit.trace(_Noisy(model.eval(), level), example_inputs, check_trace=False), str(path))
 
 
+def bn_train():
+    """The seed's bug: BatchNorm left in training mode (running statistics settled)."""
+    return small().train()
+
+
+class _WithDropout(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = small()
+        self.drop = nn.Dropout(0.3)
+
+    def forward(self, x):
+        return self.drop(self.body(x))
+
+
+def dropout_train():
+    model = _WithDropout().eval()
+    model.drop.train()
+    return model
+
+
+class _BatchCoupled(nn.Module):
+    """Eval mode, but each sample's output depends on its batch-mates (subtracts the batch mean)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = small()
+
+    def forward(self, x):
+        return self.body(x - x.mean(0, keepdim=True))
+
+
+def batch_coupled():
+    return _BatchCoupled().eval()
+
+
+class _Noise(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = small()
+
+    def forward(self, x):
+        out = self.body(x)
+        return out + 0.05 * torch.rand_like(out)
+
+
+def random_op():
+    return _Noise().eval()
+
+
 def broken_export(model, example_inputs, path):
     raise RuntimeError("converter exploded: unsupported operator aten::frobnicate")
 '''

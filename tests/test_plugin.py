@@ -29,11 +29,11 @@ def suite(pytester, case_dir):
 
 
 def by_id(records):
-    return {f"{r['case']}-{r['format']}-{r['backend']}-{r['check']}": r for r in records}
+    return {"-".join(str(r[k]) for k in ("case", "format", "backend", "check") if r[k]): r for r in records}
 
 
 def test_clean_case_passes_and_golden_round_trip(suite, case_dir, pytester):
-    write_case(case_dir, "small", SMALL_CASE)
+    write_case(case_dir, "small", SMALL_CASE + "checks: [parity, golden]\n")
     result, records = suite()
     # no golden yet: parity passes, golden fails with the command that creates it
     result.assert_outcomes(passed=2, failed=2)
@@ -57,7 +57,7 @@ def test_clean_case_passes_and_golden_round_trip(suite, case_dir, pytester):
 
 
 def test_ids_allow_k_selection(suite, case_dir):
-    write_case(case_dir, "small", SMALL_CASE)
+    write_case(case_dir, "small", SMALL_CASE + "checks: [parity, golden]\n")
     result, _ = suite("--collect-only", "-q")
     result.stdout.fnmatch_lines(["*test_parity[[]small-torchscript-cpu-parity[]]*",
                                  "*test_parity[[]small-onnx-cpu-golden[]]*"])
@@ -114,7 +114,7 @@ def test_bad_case_fails_alone_and_others_run(suite, case_dir):
     result, records = suite()
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*typo.yaml: tolerance.default.atoll: unknown field 'atoll'*did you mean 'atol'*"])
-    assert by_id(records)["typo-None-None-load"]["status"] == "error"
+    assert by_id(records)["typo-load"]["status"] == "error"
 
 
 def test_export_failure_fails_its_format_only(suite, case_dir):
@@ -128,7 +128,8 @@ def test_export_failure_fails_its_format_only(suite, case_dir):
 
 
 def test_golden_drift_fails_even_when_parity_passes(suite, case_dir, pytester):
-    write_case(case_dir, "small", SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]"))
+    write_case(case_dir, "small", SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]")
+               + "checks: [parity, golden]\n")
     suite("--update-golden")
     golden = pytester.path / "golden" / "small" / "onnx-cpu.npz"
     import numpy as np
@@ -182,3 +183,21 @@ def test_cuda_is_skipped_with_reason(suite, case_dir):
     reasons = {r["format"]: r["message"] for r in records}
     assert "sees no CUDA device" in reasons["torchscript"]
     assert "no CUDAExecutionProvider" in reasons["onnx"]
+
+
+def test_expected_failures_are_strict_per_check_and_format(suite, case_dir):
+    """The seed's incident as a case: declared failures xfail, an undeclared pass stays a pass,
+    and a declared failure that stops failing breaks the suite (strict)."""
+    body = SMALL_CASE.replace("models:small", "models:bn_train").replace("formats: [torchscript, onnx]",
+                                                                           "formats: [torchscript]") + \
+        "checks: [parity, determinism, lint]\nxfail: BatchNorm in training mode\n"
+    write_case(case_dir, "incident", body + "xfail_checks: {lint: all, parity: [torchscript]}\n")
+    result, records = suite()
+    result.assert_outcomes(passed=1, xfailed=2)
+    assert by_id(records)["incident-torchscript-lint"]["xfail"] == "BatchNorm in training mode"
+    assert by_id(records)["incident-torchscript-lint"]["backend"] is None
+
+    write_case(case_dir, "incident", body + "xfail_checks: {lint: all, determinism: [torchscript]}\n")
+    result, _ = suite()
+    result.assert_outcomes(failed=2, xfailed=1)  # parity fails undeclared; determinism XPASS(strict)
+    result.stdout.fnmatch_lines(["*XPASS(strict)*"])

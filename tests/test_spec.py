@@ -17,7 +17,7 @@ def test_valid_case_loads_with_defaults(case_dir):
     case = load_case(write_case(case_dir, "ok", SMALL_CASE))
     assert case.name == "ok"
     assert case.batch_sizes == [1, 3]
-    assert case.checks == ["parity", "golden"]
+    assert case.checks == ["parity", "golden", "batch_invariance", "determinism", "lint"]
     assert list(case.inputs) == ["x"]
     assert case.inputs["x"].shape == [3, 8, 8]
 
@@ -203,3 +203,16 @@ def test_shipped_cases_are_valid():
     cases, errors = load_cases(Path(__file__).parents[1] / "cases")
     assert not errors, errors
     assert {"tiny_cnn", "resnet18", "mobilenet_v2"} <= {c.name for c in cases}
+
+
+def test_xfail_checks_need_a_reason(case_dir):
+    e = _error(case_dir, SMALL_CASE + "xfail_checks: {lint: all}\n")
+    assert "needs 'xfail'" in e.problem
+
+
+def test_expects_failure(case_dir):
+    case = load_case(write_case(case_dir, "x", SMALL_CASE + "xfail: why\nxfail_checks: {lint: all, parity: [onnx]}\n"))
+    assert case.expects_failure("lint", "torchscript") and case.expects_failure("parity", "onnx")
+    assert not case.expects_failure("parity", "torchscript") and not case.expects_failure("golden", "onnx")
+    everything = load_case(write_case(case_dir, "y", SMALL_CASE + "xfail: why\n"))
+    assert everything.expects_failure("golden", "onnx")
