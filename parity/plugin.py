@@ -171,7 +171,10 @@ class _Reporter:
             return
         counts: dict[str, int] = {}
         for record in self.records:
-            counts[record["status"]] = counts.get(record["status"], 0) + 1
+            status = record["status"]
+            if record.get("xfail") and status in ("failed", "error"):
+                status = "xfailed"
+            counts[status] = counts.get(status, 0) + 1
         written = sum(1 for r in self.records if r.get("metrics", {}).get("golden_written"))
         line = "parity: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         if written:
