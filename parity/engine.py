@@ -14,6 +14,7 @@ first needed.
 from __future__ import annotations
 
 import copy
+import inspect
 import shutil
 import time
 import traceback
@@ -180,6 +181,8 @@ class CaseRun:
             else:
                 function = load_object(info.exporter)
                 source = "parity"
+                if "batch_sizes" in inspect.signature(function).parameters:
+                    options["batch_sizes"] = list(self.case.batch_sizes)  # for exporters with a static fallback
                 metadata = function(model, example, path, input_names=input_names, output_names=self.output_names,
                                     **options)
         except Exception as e:

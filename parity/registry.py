@@ -52,6 +52,17 @@ FORMATS: dict[str, FormatInfo] = {
         exporter_options=("opset", "dynamo"),
         linter="parity.lint.onnx:lint",
     ),
+    "pt2": FormatInfo(
+        name="pt2",
+        exporter="parity.exporters.pt2:export",
+        runner="parity.runners.pt2:ExportedProgramRunner",
+        suffix=".pt2",
+        backends=("cpu", "cuda"),
+        requires=("torch",),
+        install="pip install 'parity[torch]'",
+        exporter_options=("strict",),
+        linter="parity.lint.pt2:lint",
+    ),
 }
 
 #: Every backend name a case may list. A (format, backend) pair is tested when the format lists the

@@ -139,6 +139,24 @@ def random_op():
     return _Noise().eval()
 
 
+class _Specialised(nn.Module):
+    """Branches on the batch size, so torch.export cannot keep the batch dimension dynamic."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = small()
+
+    def forward(self, x):
+        out = self.body(x)
+        if x.shape[0] == 3:
+            return out * 1.0
+        return out
+
+
+def specialised():
+    return _Specialised().eval()
+
+
 def broken_export(model, example_inputs, path):
     raise RuntimeError("converter exploded: unsupported operator aten::frobnicate")
 '''

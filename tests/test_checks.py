@@ -13,23 +13,26 @@ from parity.engine import Session
 from parity.spec import load_case
 
 CHECKS = ("parity", "batch_invariance", "determinism", "lint")
-FORMATS = ("torchscript", "onnx")
+FORMATS = ("torchscript", "onnx", "pt2")
 
 # bug -> format -> the checks that must fail (every other check must pass)
 EXPECTED = {
-    "small": {"torchscript": set(), "onnx": set()},
-    # trace bakes batch statistics; the ONNX dynamo exporter silently uses running statistics,
-    # so only the lint of the model catches it there.
-    "bn_train": {"torchscript": {"parity", "batch_invariance", "lint"}, "onnx": {"lint"}},
+    "small": {"torchscript": set(), "onnx": set(), "pt2": set()},
+    # trace and torch.export bake batch statistics; the ONNX dynamo exporter silently uses running
+    # statistics, so only the lint of the model catches it there.
+    "bn_train": {"torchscript": {"parity", "batch_invariance", "lint"}, "onnx": {"lint"},
+                 "pt2": {"parity", "batch_invariance", "lint"}},
     # trace keeps dropout random; dynamo keeps a Dropout node with training_mode=true, which
     # onnxruntime runs at random when it feeds the graph output (as here).
     "dropout_train": {"torchscript": {"parity", "batch_invariance", "determinism", "lint"},
-                      "onnx": {"parity", "batch_invariance", "determinism", "lint"}},
+                      "onnx": {"parity", "batch_invariance", "determinism", "lint"},
+                      "pt2": {"parity", "batch_invariance", "determinism", "lint"}},
     # an eval-mode model that couples samples: only batch-size invariance can see it
-    "batch_coupled": {"torchscript": {"batch_invariance"}, "onnx": {"batch_invariance"}},
+    "batch_coupled": {"torchscript": {"batch_invariance"}, "onnx": {"batch_invariance"}, "pt2": {"batch_invariance"}},
     # a random op in the graph
     "random_op": {"torchscript": {"parity", "batch_invariance", "determinism", "lint"},
-                  "onnx": {"parity", "batch_invariance", "determinism", "lint"}},
+                  "onnx": {"parity", "batch_invariance", "determinism", "lint"},
+                  "pt2": {"parity", "batch_invariance", "determinism", "lint"}},
 }
 
 
@@ -45,7 +48,8 @@ def detection(tmp_path_factory):
     session = Session(root / "build", root / "golden")
     results = {}
     for bug in EXPECTED:
-        body = SMALL_CASE.replace("models:small", f"models:{bug}")
+        body = SMALL_CASE.replace("models:small", f"models:{bug}").replace(
+            "formats: [torchscript, onnx]", "formats: [torchscript, onnx, pt2]")
         case = load_case(write_case(cases, bug, body))
         for fmt in FORMATS:
             for check in CHECKS:
