@@ -128,6 +128,8 @@ class _SessionAdapter:
                   "metrics": result.metrics, "duration_s": round(time.perf_counter() - start, 4)}
         if target.case.expects_failure(target.check, target.format):
             record["xfail"] = target.case.xfail
+        # plain JSON types only: the record travels to the xdist controller and into the report
+        record = json.loads(json.dumps(record, default=_json_default))
         return Outcome(result.status, result.message, record)
 
     def close(self) -> None:

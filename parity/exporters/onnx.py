@@ -34,4 +34,4 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
     written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     messages = sorted({str(w.message).splitlines()[0] for w in caught if "deprecat" not in str(w.message).lower()})
     return {"exporter": "dynamo" if dynamo else "torchscript-based (legacy)", "opset_requested": opset,
-            "opset_written": written, "torch": torch.__version__, "onnx": onnx.__version__, "warnings": messages}
+            "opset_written": written, "torch": str(torch.__version__), "onnx": onnx.__version__, "warnings": messages}

@@ -36,7 +36,7 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
             meta = {"dynamic_batch": False, "static_batch_sizes": sorted(set(batch_sizes)),
                     "fallback_reason": f"dynamic batch export failed, one program per batch size: {reason}"}
     messages = sorted({str(w.message).splitlines()[0] for w in caught if "deprecat" not in str(w.message).lower()})
-    return {"torch": torch.__version__, "strict": strict, "warnings": messages, **meta}
+    return {"torch": str(torch.__version__), "strict": strict, "warnings": messages, **meta}
 
 
 def _resize(t: torch.Tensor, size: int) -> torch.Tensor:

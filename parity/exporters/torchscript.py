@@ -22,4 +22,4 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
             raise ValueError(f"export.torchscript.options.method must be 'trace' or 'script', got {method!r}")
         torch.jit.save(module, str(path))
     messages = sorted({str(w.message).splitlines()[0] for w in caught if "deprecat" not in str(w.message).lower()})
-    return {"method": method, "torch": torch.__version__, "warnings": messages}
+    return {"method": method, "torch": str(torch.__version__), "warnings": messages}
