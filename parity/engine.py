@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -31,6 +32,9 @@ from parity.golden import GoldenStore
 from parity.inputs import batch, make_pool
 from parity.registry import BACKEND_FREE_CHECKS, FORMATS, load_object, missing_modules
 from parity.spec import Case
+
+if TYPE_CHECKING:
+    from parity.cache import Cache
 
 STATUSES = ("passed", "failed", "skipped", "error")
 
@@ -61,9 +65,12 @@ def short_error(exc: BaseException, lines: int = 8) -> str:
 class CaseRun:
     """Everything computed for one case, each piece at most once."""
 
-    def __init__(self, case: Case, build_dir: Path) -> None:
+    def __init__(self, case: Case, build_dir: Path, cache: Optional["Cache"] = None) -> None:
+        from parity.cache import Cache
+
         self.case = case
         self.build_dir = Path(build_dir) / case.name
+        self.cache = cache if cache is not None else Cache(Path(build_dir) / "cache")
         self._model = None
         self._model_error: Optional[BaseException] = None
         self._reference: dict[int, dict[str, np.ndarray]] = {}
@@ -108,9 +115,45 @@ class CaseRun:
 
         return reference_model(self.model)
 
+    @cached_property
+    def _model_results(self) -> dict:
+        """Output names, eager reference per batch size and model lint: from the cache, or computed once.
+
+        Cached under the model key, so a warm run with nothing changed never builds the model.
+        """
+        from parity.cache import model_key
+        from parity.lint import Finding
+
+        entry = self.cache.entry("model", model_key(self.case))
+        with self.cache.lock(entry):
+            if self.cache.complete(entry):
+                meta = self.cache.read_json(entry, "meta.json")
+                with np.load(entry / "reference.npz", allow_pickle=False) as data:
+                    arrays = {k: data[k] for k in data.files}
+                reference = {size: {name: arrays[f"{name}@b{size}"] for name in meta["output_names"]}
+                             for size in self.case.batch_sizes}
+                return {"output_names": meta["output_names"], "reference": reference,
+                        "findings": [Finding(**f) for f in meta["findings"]], "cached": True}
+            from parity.lint.model import lint_model
+            from parity.model import run_eager
+
+            start = time.perf_counter()
+            raw = {size: run_eager(self.eager, self.inputs(size)) for size in self.case.batch_sizes}
+            names = self._names_for(len(raw[min(raw)]))
+            reference = {size: dict(zip(names, arrays)) for size, arrays in raw.items()}
+            findings = lint_model(self.model)
+            self.timings["reference_s"] = time.perf_counter() - start
+            with self.cache.writing(entry) as tmp:
+                np.savez(tmp / "reference.npz", **{f"{n}@b{size}": a for size, out in reference.items()
+                                                   for n, a in out.items()})
+                (tmp / "meta.json").write_text(json.dumps({"output_names": names,
+                                                           "findings": [f.as_dict() for f in findings]}))
+            return {"output_names": names, "reference": reference, "findings": findings, "cached": False}
+
     def reference(self, size: int) -> dict[str, np.ndarray]:
         if size not in self._reference:
-            self._reference[size] = self.run_eager(self.inputs(size))
+            cached = self._model_results["reference"]
+            self._reference[size] = cached[size] if size in cached else self.run_eager(self.inputs(size))
         return self._reference[size]
 
     def run_eager(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -118,11 +161,11 @@ class CaseRun:
 
         return self._name(run_eager(self.eager, inputs))
 
-    @cached_property
+    @property
     def output_names(self) -> list[str]:
-        from parity.model import run_eager
+        return self._model_results["output_names"]
 
-        count = len(run_eager(self.eager, self.inputs(min(self.case.batch_sizes))))
+    def _names_for(self, count: int) -> list[str]:
         if self.case.outputs is not None:
             if len(self.case.outputs) != count:
                 raise CaseError(self.case.path, "outputs", f"lists {len(self.case.outputs)} name(s) but the model "
@@ -236,12 +279,10 @@ class CaseRun:
         runner_cls = load_object(FORMATS[fmt].runner)
         return runner_cls(self.artefact(fmt), backend).activate()
 
-    @cached_property
+    @property
     def model_findings(self) -> list:
         """Training-mode lint of the model handed to exporters (as the factory returned it)."""
-        from parity.lint.model import lint_model
-
-        return lint_model(self.model)
+        return self._model_results["findings"]
 
     def artefact_findings(self, fmt: str) -> Optional[list]:
         """Static lint of the artefact, or None when the format has no linter."""
@@ -265,15 +306,19 @@ class CaseRun:
 class Session:
     """Runs checks for many cases, sharing one CaseRun per case."""
 
-    def __init__(self, build_dir: str | Path, golden_dir: str | Path, update_golden: bool = False) -> None:
+    def __init__(self, build_dir: str | Path, golden_dir: str | Path, update_golden: bool = False,
+                 use_cache: bool = True) -> None:
+        from parity.cache import Cache
+
         self.build_dir = Path(build_dir)
+        self.cache = Cache(self.build_dir / "cache", enabled=use_cache)
         self.golden = GoldenStore(golden_dir)
         self.update_golden = update_golden
         self._runs: dict[str, CaseRun] = {}
 
     def case_run(self, case: Case) -> CaseRun:
         if case.name not in self._runs:
-            self._runs[case.name] = CaseRun(case, self.build_dir)
+            self._runs[case.name] = CaseRun(case, self.build_dir, self.cache)
         return self._runs[case.name]
 
     def run_check(self, case: Case, fmt: str, backend: str, check: str) -> CheckResult:

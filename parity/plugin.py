@@ -34,7 +34,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="write a JSON list with one object per parity test (case, format, backend, check, "
                          "status, message, metrics)")
     group.addoption("--parity-build", metavar="DIR", default=None,
-                    help="where artefacts are exported (default: build/parity in the rootdir; not committed)")
+                    help="where artefacts are exported and cached (default: build/parity in the rootdir; "
+                         "not committed)")
+    group.addoption("--parity-no-cache", action="store_true", default=False,
+                    help="ignore the export cache: rebuild every model and re-export every artefact")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -113,7 +116,8 @@ class _SessionAdapter:
 
         self.engine = Session(_dir_option(config, "parity_build", "build/parity"),
                               _dir_option(config, "golden", "golden"),
-                              update_golden=config.getoption("update_golden"))
+                              update_golden=config.getoption("update_golden"),
+                              use_cache=not config.getoption("parity_no_cache"))
 
     def run(self, target: Target) -> Outcome:
         if target.load_error is not None:
