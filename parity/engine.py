@@ -212,34 +212,40 @@ class CaseRun:
         path = out_dir / f"model{info.suffix}"
         model = copy.deepcopy(self.model)  # each exporter gets a pristine model: tracing may mutate it
         example = to_torch(self.example_inputs())
-        options = dict(spec.options) if spec is not None else {}
         start = time.perf_counter()
-        try:
-            if spec is not None and spec.function is not None:
-                from parity.model import import_from_case
-
-                function = import_from_case(self.case, spec.function)
-                source = f"function:{spec.function}"
-                metadata = function(model, example, path, **options) or {}
-            else:
-                function = load_object(info.exporter)
-                source = "parity"
-                if "batch_sizes" in inspect.signature(function).parameters:
-                    options["batch_sizes"] = list(self.case.batch_sizes)  # for exporters with a static fallback
-                metadata = function(model, example, path, input_names=input_names, output_names=self.output_names,
-                                    **options)
-        except Exception as e:
-            who = f"the case's export function {spec.function}" if spec is not None and spec.function else \
-                f"the built-in {fmt} exporter"
-            raise ExportError(f"{who} raised {short_error(e)}") from e
-        if not path.exists():
-            raise ExportError(f"export function {spec.function if spec else info.exporter} wrote nothing at {path}")
-        metadata = dict(metadata) if isinstance(metadata, dict) else {}
+        metadata, source = self.export_module(fmt, model, example, path, input_names, self.output_names)
         metadata["export_s"] = round(time.perf_counter() - start, 3)
         self.timings[f"export_{fmt}_s"] = metadata["export_s"]
         artefact = Artefact(fmt, path, source, input_names, self.output_names, metadata)
         metadata["size_bytes"] = artefact.size_bytes
         return artefact
+
+    def export_module(self, fmt: str, module, example: tuple, path: Path, input_names: list[str],
+                      output_names: list[str]) -> tuple[dict, str]:
+        """Export `module` to `path` the way this case exports `fmt`: the case's own export
+        function with its options, or the built-in exporter. Returns (metadata, source).
+        Used for the whole model and, by triage, for single submodules."""
+        spec = self.case.export.get(fmt)
+        options = dict(spec.options) if spec is not None else {}
+        try:
+            if spec is not None and spec.function is not None:
+                from parity.model import import_from_case
+
+                function = import_from_case(self.case, spec.function)
+                who, source = f"the case's export function {spec.function}", f"function:{spec.function}"
+                metadata = function(module, example, path, **options) or {}
+            else:
+                function = load_object(FORMATS[fmt].exporter)
+                who, source = f"the built-in {fmt} exporter", "parity"
+                if "batch_sizes" in inspect.signature(function).parameters:
+                    options["batch_sizes"] = list(self.case.batch_sizes)  # for exporters with a static fallback
+                metadata = function(module, example, path, input_names=input_names, output_names=output_names,
+                                    **options)
+        except Exception as e:
+            raise ExportError(f"{who} raised {short_error(e)}") from e
+        if not path.exists():
+            raise ExportError(f"{who} wrote nothing at {path}")
+        return (dict(metadata) if isinstance(metadata, dict) else {}), source
 
     # ---- run
     def runner(self, fmt: str, backend: str):

@@ -36,6 +36,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--parity-build", metavar="DIR", default=None,
                     help="where artefacts are exported and cached (default: build/parity in the rootdir; "
                          "not committed)")
+    group.addoption("--parity-triage", action="store_true", default=False,
+                    help="when a parity, golden or batch_invariance check fails, localise the first diverging "
+                         "module (parity.triage) and add its table to the failure; JSON beside the report")
     group.addoption("--parity-no-cache", action="store_true", default=False,
                     help="ignore the export cache: rebuild every model and re-export every artefact")
 
@@ -118,6 +121,12 @@ class _SessionAdapter:
                               _dir_option(config, "golden", "golden"),
                               update_golden=config.getoption("update_golden"),
                               use_cache=not config.getoption("parity_no_cache"))
+        self.triage_dir: Optional[Path] = None
+        if config.getoption("parity_triage"):
+            report = config.getoption("parity_report")
+            self.triage_dir = (Path(report).resolve().parent if report else
+                               _dir_option(config, "parity_build", "build/parity")) / "triage"
+        self._triaged: dict = {}
 
     def run(self, target: Target) -> Outcome:
         if target.load_error is not None:
@@ -127,6 +136,9 @@ class _SessionAdapter:
             return Outcome("error", str(e), record)
         start = time.perf_counter()
         result = self.engine.run_check(target.case, target.format, target.backend, target.check)
+        if result.status == "failed" and self.triage_dir is not None and \
+                target.check in ("parity", "golden", "batch_invariance"):
+            self._triage(target, result)
         record = {"case": target.case.name, "format": target.format, "backend": target.backend or None,
                   "check": target.check, "status": result.status, "message": result.message,
                   "metrics": result.metrics, "duration_s": round(time.perf_counter() - start, 4)}
@@ -135,6 +147,25 @@ class _SessionAdapter:
         # plain JSON types only: the record travels to the xdist controller and into the report
         record = json.loads(json.dumps(record, default=_json_default))
         return Outcome(result.status, result.message, record)
+
+    def _triage(self, target: Target, result) -> None:
+        """Run triage once per (case, format, backend) and attach it to the failure."""
+        from parity.triage import triage, write
+
+        key = (target.case.name, target.format, target.backend)
+        if key not in self._triaged:
+            try:
+                report = triage(self.engine.case_run(target.case), target.format, target.backend)
+                path = write(report, self.triage_dir / f"{'-'.join(key)}.json")
+                self._triaged[key] = (report, path)
+            except Exception as e:  # triage is a diagnosis; it must not hide the failure it explains
+                self._triaged[key] = (None, f"triage failed: {type(e).__name__}: {e}")
+        report, path = self._triaged[key]
+        if report is None:
+            result.message += f"\n{path}"
+            return
+        result.message += f"\n\n{report.table()}\n(triage JSON: {path})"
+        result.metrics["triage"] = report.as_dict()
 
     def close(self) -> None:
         self.engine.close()

@@ -59,9 +59,16 @@ def tiny_cnn(in_channels: int = 3, num_classes: int = 10, width: int = 16, size:
     return model.train(training)
 
 
-def torchvision_model(name: str, size: int = 64, num_classes: int = 1000) -> nn.Module:
+def torchvision_model(name: str, size: int = 64, num_classes: int = 1000) -> nn.Module:  # noqa: D103
     """A torchvision architecture with random weights (weights=None) and settled BatchNorm."""
     import torchvision
 
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     return settle_batchnorm(model, (3, size, size))
+
+
+def resnet_with_training_block(size: int = 32, block: str = "layer2.0.bn1") -> nn.Module:
+    """resnet18 in eval mode except one BatchNorm left in training mode (triage's planted bug)."""
+    model = torchvision_model("resnet18", size=size, num_classes=10)
+    model.get_submodule(block).train()
+    return model

@@ -157,6 +157,54 @@ def specialised():
     return _Specialised().eval()
 
 
+def planted_resnet():
+    """resnet18 (32x32, 10 classes) with one middle conv marked for a planted exporter bug."""
+    from parity.zoo import torchvision_model
+
+    model = torchvision_model("resnet18", size=32, num_classes=10)
+    model.layer3[0].conv2._planted = True
+    return model
+
+
+class _GeluNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GELU())
+        self.mid = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, 8, 3, padding=1), nn.GELU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+
+    def forward(self, x):
+        return self.head(self.mid(self.stem(x)))
+
+
+def gelu_net():
+    model = _GeluNet().eval()
+    with torch.no_grad():
+        model.mid[2].weight.mul_(6.0)  # pre-activations of a few units, where the tanh form differs most
+    model.mid[3]._planted = True
+    return model
+
+
+def planted_export(model, example_inputs, path, bug="weight"):
+    """A user's exporter with a bug in marked modules: weights scaled by 1%, or GELU swapped for its
+    tanh approximation; then the built-in exporter for the file's suffix."""
+    import importlib
+
+    with torch.no_grad():
+        for module in model.modules():
+            if getattr(module, "_planted", False):
+                if bug == "weight":
+                    module.weight.mul_(1.01)
+                else:
+                    module.approximate = "tanh"
+    suffix = str(path).rsplit(".", 1)[-1]
+    fmt = {"pt": "torchscript", "onnx": "onnx", "pt2": "pt2"}[suffix]
+    exporter = importlib.import_module(f"parity.exporters.{fmt}").export
+    names_in = [f"input{i}" for i in range(len(example_inputs))]
+    extra = {"batch_sizes": [example_inputs[0].shape[0]]} if fmt == "pt2" else {}
+    return exporter(model, example_inputs, path, input_names=names_in, output_names=["output0"], **extra)
+
+
 def broken_export(model, example_inputs, path):
     raise RuntimeError("converter exploded: unsupported operator aten::frobnicate")
 '''

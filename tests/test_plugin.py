@@ -201,3 +201,21 @@ def test_expected_failures_are_strict_per_check_and_format(suite, case_dir):
     result, _ = suite()
     result.assert_outcomes(failed=2, xfailed=1)  # parity fails undeclared; determinism XPASS(strict)
     result.stdout.fnmatch_lines(["*XPASS(strict)*"])
+
+
+def test_triage_option_explains_a_failure(suite, case_dir, pytester):
+    write_case(case_dir, "planted", """
+model: {factory: 'models:planted_resnet'}
+inputs: {x: {shape: [3, 32, 32]}}
+batch_sizes: [2]
+formats: [pt2]
+backends: [cpu]
+checks: [parity]
+export:
+  pt2: {function: 'models:planted_export'}
+""")
+    result, records = suite("--parity-triage")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*first divergence: layer3.0.conv2 (Conv2d), computes something else than eager*"])
+    assert records[0]["metrics"]["triage"]["first_divergence"] == "layer3.0.conv2"
+    assert (pytester.path / "triage" / "planted-pt2-cpu.json").is_file()  # beside the report

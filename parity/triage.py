@@ -1,0 +1,290 @@
+"""Triage: find the first module whose export diverges from eager, for any format.
+
+How (the same for every format, since it only uses the format's exporter and runner): run the
+eager reference (eval mode) once with forward hooks that record each submodule's real inputs and
+outputs, in execution order. Then, from the top of the module tree down, export each child module
+on its own *as the case's exporter would* (from the model exactly as the factory returned it, with
+the case's own export function if it has one), run it on the format's runner with the recorded
+inputs, and compare with the recorded eager output. The first child (in execution order) whose
+error exceeds the tolerance is descended into; the deepest diverging module is the first
+divergence. For that module the report adds the training-mode lint's findings and whether its
+exported output depends on the batch (sample alone vs inside the batch).
+
+Cost: one export per module checked (about the tree depth times the siblings before the culprit),
+so it is a tool for a failing target, not part of every run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from parity.compare import compare_outputs
+from parity.engine import CaseRun, short_error
+from parity.errors import ExportError
+
+
+@dataclass
+class ModuleRow:
+    """One module checked: its error in the exported artefact against eager, and the verdict."""
+
+    path: str
+    op: str
+    status: str  # pass | fail | skip | error
+    max_abs: float = 0.0
+    rel_error: float = 0.0  # max abs error / max |eager output|
+    cosine: float = 1.0
+    detail: str = ""
+    batch_dependent: Optional[bool] = None  # the exported module's output for a sample changes with its batch
+
+
+@dataclass
+class TriageReport:
+    case: str
+    format: str
+    backend: str
+    rows: list[ModuleRow] = field(default_factory=list)
+    first_divergence: Optional[str] = None
+    op: str = ""
+    cause: str = ""
+    lint: list[str] = field(default_factory=list)
+    batch_dependent: Optional[bool] = None
+    summary: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def table(self) -> str:
+        header = ("module", "op", "max_abs", "err/max|ref|", "cosine", "result")
+        lines = [header] + [(r.path, r.op, f"{r.max_abs:.3g}", f"{r.rel_error:.3g}", f"{r.cosine:.6f}",
+                             r.status + (f" ({r.detail})" if r.detail and r.status != "pass" else ""))
+                            for r in self.rows]
+        widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+        body = "\n".join("  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines)
+        return f"triage of {self.case} / {self.format} / {self.backend}\n{body}\n{self.summary}"
+
+
+def _record(model, inputs: tuple) -> dict[str, tuple]:
+    """path -> (args, output) of each submodule's first call, in execution order."""
+    import torch
+
+    records: dict[str, tuple] = {}
+    handles = []
+    for path, module in model.named_modules():
+        if not path:
+            continue
+
+        def hook(mod, args, kwargs, output, path=path):
+            if path not in records:  # copies: a later in-place op (ReLU(inplace=True)) would change them
+                records[path] = (_clone(args), kwargs, _clone(output))
+        handles.append(module.register_forward_hook(hook, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return records
+
+
+def _clone(obj):
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_clone(o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    return obj
+
+
+def _tensors(obj) -> Optional[list]:
+    """The tensors of a tuple/list/dict/tensor, or None if anything else is in it."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        out = []
+        for o in obj:
+            t = _tensors(o)
+            if t is None:
+                return None
+            out += t
+        return out
+    if isinstance(obj, dict):
+        return _tensors(list(obj.values()))
+    return None
+
+
+def triage(run: CaseRun, fmt: str, backend: str, workdir: Optional[Path] = None) -> TriageReport:
+    """Localise the divergence of `fmt` on `backend` for the case of `run`."""
+    import torch
+
+    from parity.registry import FORMATS, load_object
+    from parity.artefact import Artefact
+
+    case = run.case
+    report = TriageReport(case.name, fmt, backend)
+    workdir = Path(workdir or run.build_dir / "triage" / f"{fmt}-{backend}")
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    size = max(case.batch_sizes)
+    inputs = tuple(torch.from_numpy(a) for a in run.example_inputs().values())
+    records = _record(run.eager, inputs)
+    as_returned = dict(run.model.named_modules())
+    runner_cls = load_object(FORMATS[fmt].runner)
+    findings = {f.where: f for f in run.model_findings}
+
+    def check(path: str) -> ModuleRow:
+        module = as_returned[path]
+        op = type(module).__name__
+        args, kwargs, output = records[path]
+        tensors_in, tensors_out = _tensors(args), _tensors(output)
+        if kwargs or not tensors_in or len(tensors_in) != len(args) or tensors_out is None:
+            return ModuleRow(path, op, "skip", detail="called with non-tensor arguments or outputs")
+        names_in = [f"input{i}" for i in range(len(tensors_in))]
+        names_out = [f"output{i}" for i in range(len(tensors_out))]
+        target = workdir / f"{path}{FORMATS[fmt].suffix}"
+        try:
+            run.export_module(fmt, copy.deepcopy(module), tuple(t.detach().clone() for t in tensors_in), target,
+                              names_in, names_out)
+            runner = runner_cls(Artefact(fmt, target, "triage", names_in, names_out), backend).activate()
+            feeds = {n: t.detach().cpu().numpy() for n, t in zip(names_in, tensors_in)}
+            obtained = dict(zip(names_out, runner.infer(feeds)))
+            alone = dict(zip(names_out, runner.infer({n: a[:1] for n, a in feeds.items()})))
+            runner.deactivate()
+        except ExportError as e:
+            return ModuleRow(path, op, "error", detail=str(e).splitlines()[0][:200])
+        except Exception as e:  # a runner that cannot load a lone submodule
+            return ModuleRow(path, op, "error", detail=short_error(e, 1)[:200])
+        expected = {n: t.detach().cpu().numpy() for n, t in zip(names_out, tensors_out)}
+        tol = case.tolerance_for(fmt, backend, names_out[0])
+        rows = compare_outputs(expected, obtained, lambda n: tol)
+        worst = max(rows, key=lambda c: c.scaled_error)
+        failed = [c for c in rows if not c.passed and not c.vacuous]
+        row = ModuleRow(path, op, "fail" if failed else "pass", max_abs=worst.max_abs, rel_error=worst.scaled_error,
+                        cosine=min(c.cosine for c in rows), detail=failed[0].problem if failed else "")
+        batch_rows = compare_outputs({n: a[:1] for n, a in obtained.items() if a.ndim and a.shape[0] == size},
+                                     {n: a for n, a in alone.items() if n in obtained and obtained[n].ndim
+                                      and obtained[n].shape[0] == size}, lambda n: tol)
+        row.batch_dependent = any(not c.passed and not c.vacuous for c in batch_rows)
+        return row
+
+    def children(parent: str) -> list[str]:
+        depth = parent.count(".") + 1 if parent else 0
+        prefix = parent + "." if parent else ""
+        return [p for p in records if p.startswith(prefix) and p.count(".") == depth]
+
+    current = ""
+    last_row: Optional[ModuleRow] = None
+    while True:
+        culprit = None
+        for child in children(current):
+            row = check(child)
+            report.rows.append(row)
+            if row.status == "fail":
+                culprit, last_row = child, row
+                break
+        if culprit is None:
+            break
+        current = culprit
+
+    if not current:
+        report.summary = ("no divergence: every top-level module matches eager within tolerance"
+                          if all(r.status == "pass" for r in report.rows) else
+                          "no module diverges on its own (some could not be checked: see the table); the "
+                          "difference may come from how modules are combined in forward()")
+        if findings:
+            report.lint = [f"{f.where} ({f.op}): {f.detail}" for f in findings.values()]
+            report.summary += (f"; but the model has modules in training mode ({', '.join(findings)}), which this "
+                               f"{fmt} export silently ran in inference mode")
+        return report
+    report.first_divergence = current
+    report.op = last_row.op
+    report.batch_dependent = last_row.batch_dependent
+    lint = [f for path, f in findings.items() if path == current or path.startswith(current + ".")]
+    report.lint = [f"{f.where} ({f.op}): {f.detail}" for f in lint]
+    if report.batch_dependent:
+        report.cause = "batch statistics at inference" if any(f.kind == "batchnorm-training" for f in lint) else \
+            "output depends on the batch"
+    elif any(f.kind == "dropout-training" for f in lint):
+        report.cause = "dropout active at inference"
+    else:
+        report.cause = f"computes something else than eager (error {last_row.rel_error:.3g} of max|output|)"
+    tail = "; module is in training mode" if lint else ""
+    report.summary = f"first divergence: {current} ({report.op}), {report.cause}{tail}"
+    return report
+
+
+def write(report: TriageReport, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    return path
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``parity triage CASE --format F [--backend B]``: print the table, optionally write JSON."""
+    import argparse
+
+    from parity.engine import Session
+    from parity.errors import CaseError
+    from parity.spec import load_case
+
+    parser = argparse.ArgumentParser(prog="parity triage", description="find the first module whose export "
+                                     "diverges from the eager model")
+    parser.add_argument("case", help="a case name (looked up in --cases) or a path to a case file")
+    parser.add_argument("--format", "-f", required=True, dest="fmt")
+    parser.add_argument("--backend", "-b", default="cpu")
+    parser.add_argument("--cases", default="cases", help="directory of case files (default: cases/)")
+    parser.add_argument("--build", default="build/parity", help="build directory (default: build/parity)")
+    parser.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    args = parser.parse_args(argv)
+    path = Path(args.case)
+    if not path.is_file():
+        path = Path(args.cases) / f"{args.case}.yaml"
+    try:
+        case = load_case(path)
+    except CaseError as e:
+        print(f"error: {e}")
+        return 2
+    if args.fmt not in case.formats:
+        print(f"error: {case.name} does not list format {args.fmt!r}; it lists: {', '.join(case.formats)}")
+        return 2
+    reason = load_runner_reason(args.fmt, args.backend)
+    if reason:
+        print(f"error: {reason}")
+        return 2
+    session = Session(args.build, "golden")
+    report = triage(session.case_run(case), args.fmt, args.backend)
+    session.close()
+    print(report.table())
+    if args.json:
+        write(report, Path(args.json))
+    return 1 if report.first_divergence else 0
+
+
+def load_runner_reason(fmt: str, backend: str) -> Optional[str]:
+    from parity.registry import FORMATS, load_object, missing_modules
+
+    info = FORMATS.get(fmt)
+    if info is None:
+        return f"unknown format {fmt!r}; known: {', '.join(FORMATS)}"
+    missing = missing_modules(info)
+    if missing:
+        return f"{fmt} needs {', '.join(missing)}: {info.install}"
+    if backend not in info.backends:
+        return f"{fmt} has no backend {backend!r}; it has: {', '.join(info.backends)}"
+    return load_object(info.runner).unavailable_reason(backend)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

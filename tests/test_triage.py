@@ -1,0 +1,103 @@
+"""Triage localises planted bugs to the right module, in every format the approach supports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import write_case
+from parity.engine import Session
+from parity.spec import load_case
+from parity.triage import main, triage
+
+FORMATS = ("torchscript", "onnx", "pt2")
+
+CASE = """
+model: {factory: 'FACTORY'}
+inputs: {x: {shape: [3, 32, 32]}}
+batch_sizes: [1, 4]
+formats: [torchscript, onnx, pt2]
+backends: [cpu]
+"""
+
+
+def planted(bug: str, factory: str) -> str:
+    return CASE.replace("FACTORY", factory) + "export:\n" + "".join(
+        f"  {fmt}: {{function: 'models:planted_export', options: {{bug: {bug}}}}}\n" for fmt in FORMATS)
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    from conftest import MODELS
+
+    root = tmp_path_factory.mktemp("triage")
+    d = root / "cases"
+    d.mkdir()
+    (d / "models.py").write_text(MODELS)
+    session = Session(root / "build", root / "golden")
+    bodies = {
+        "bn_block": CASE.replace("FACTORY", "parity.zoo:resnet_with_training_block"),
+        "weight": planted("weight", "models:planted_resnet"),
+        "gelu": planted("gelu", "models:gelu_net"),
+        "clean": CASE.replace("FACTORY", "models:planted_resnet"),
+    }
+    yield {name: session.case_run(load_case(write_case(d, name, body))) for name, body in bodies.items()}
+    session.close()
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "pt2"])
+def test_batchnorm_in_training_mode_in_one_block(cases, fmt):
+    report = triage(cases["bn_block"], fmt, "cpu")
+    assert report.first_divergence == "layer2.0.bn1"
+    assert report.summary == ("first divergence: layer2.0.bn1 (BatchNorm2d), batch statistics at inference; "
+                              "module is in training mode")
+    assert report.batch_dependent is True
+    assert [r.path for r in report.rows if r.status == "fail"] == ["layer2", "layer2.0", "layer2.0.bn1"]
+    assert all(r.status == "pass" for r in report.rows if r.status != "fail")
+
+
+def test_batchnorm_in_training_mode_onnx_exports_running_statistics(cases):
+    """The dynamo exporter silently uses running statistics: nothing diverges, the lint says why."""
+    report = triage(cases["bn_block"], "onnx", "cpu")
+    assert report.first_divergence is None
+    assert "layer2.0.bn1" in report.summary and "training mode" in report.summary
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_perturbed_weight_in_a_middle_layer(cases, fmt):
+    report = triage(cases["weight"], fmt, "cpu")
+    assert report.first_divergence == "layer3.0.conv2", report.table()
+    assert report.op == "Conv2d" and "computes something else than eager" in report.cause
+    assert report.batch_dependent is False
+    row = next(r for r in report.rows if r.path == "layer3.0.conv2")
+    assert row.rel_error > 1e-3 and row.cosine < 1
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_replaced_activation(cases, fmt):
+    report = triage(cases["gelu"], fmt, "cpu")
+    assert report.first_divergence == "mid.3", report.table()
+    assert report.op == "GELU"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_clean_case_reports_no_divergence(cases, fmt):
+    report = triage(cases["clean"], fmt, "cpu")
+    assert report.first_divergence is None
+    assert report.summary == "no divergence: every top-level module matches eager within tolerance"
+    assert {r.path for r in report.rows} == {"conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3",
+                                             "layer4", "avgpool", "fc"}
+
+
+def test_cli_prints_table_and_writes_json(case_dir, tmp_path, capsys):
+    write_case(case_dir, "bn", CASE.replace("FACTORY", "parity.zoo:resnet_with_training_block"))
+    out = tmp_path / "t.json"
+    rc = main(["bn", "--format", "pt2", "--cases", str(case_dir), "--build", str(tmp_path / "b"), "--json", str(out)])
+    assert rc == 1
+    printed = capsys.readouterr().out
+    assert "first divergence: layer2.0.bn1 (BatchNorm2d)" in printed and "module  " in printed
+    data = json.loads(out.read_text())
+    assert data["first_divergence"] == "layer2.0.bn1"
+    assert {"path", "op", "max_abs", "rel_error", "cosine", "status"} <= set(data["rows"][0])
+    assert main(["bn", "--format", "tflite2", "--cases", str(case_dir)]) == 2
