@@ -210,10 +210,17 @@ class CaseRun:
             shutil.rmtree(out_dir)
         out_dir.mkdir(parents=True)
         path = out_dir / f"model{info.suffix}"
-        model = copy.deepcopy(self.model)  # each exporter gets a pristine model: tracing may mutate it
-        example = to_torch(self.example_inputs())
         start = time.perf_counter()
-        metadata, source = self.export_module(fmt, model, example, path, input_names, self.output_names)
+        isolate = spec.isolate if spec is not None and spec.isolate is not None else info.isolate
+        if isolate:
+            from parity.isolation import export_in_child
+
+            metadata, source = export_in_child(self.case, fmt, path, spec.timeout_s if spec else 900.0)
+        else:
+            model = copy.deepcopy(self.model)  # each exporter gets a pristine model: tracing may mutate it
+            example = to_torch(self.example_inputs())
+            metadata, source = self.export_module(fmt, model, example, path, input_names, self.output_names)
+        metadata["isolated"] = bool(isolate)
         metadata["export_s"] = round(time.perf_counter() - start, 3)
         self.timings[f"export_{fmt}_s"] = metadata["export_s"]
         artefact = Artefact(fmt, path, source, input_names, self.output_names, metadata)

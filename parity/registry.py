@@ -27,6 +27,7 @@ class FormatInfo:
     exporter_options: tuple[str, ...] = ()  # option names the built-in exporter accepts
     precision: str = "fp32"  # numeric precision of the artefact: picks the default tolerance (fp32, fp16, int8)
     linter: str | None = None  # "module:function", lint(path) -> list[parity.lint.Finding] (training-mode lint)
+    isolate: bool = False  # export in a child process by default (converters that can crash or hang)
 
 
 FORMATS: dict[str, FormatInfo] = {

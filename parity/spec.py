@@ -122,6 +122,10 @@ class ExportSpec(_Strict):
         default=None, description="'package.module:function' called as f(model, example_inputs, path, **options)"
     )
     artefact: Optional[str] = Field(default=None, description="prebuilt artefact, relative to the case file")
+    isolate: Optional[bool] = Field(
+        default=None, description="export in a child process, so a crash or hang fails only this format "
+        "(default: the format's setting; on for converters that import TensorFlow or coremltools)")
+    timeout_s: Annotated[float, Field(gt=0)] = Field(default=900.0, description="isolated exports are killed after this")
 
     @field_validator("function")
     @classmethod

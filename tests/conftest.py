@@ -205,6 +205,20 @@ def planted_export(model, example_inputs, path, bug="weight"):
     return exporter(model, example_inputs, path, input_names=names_in, output_names=["output0"], **extra)
 
 
+def crashing_export(model, example_inputs, path):
+    """A converter that kills its own process (as a segfaulting native converter would)."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def hanging_export(model, example_inputs, path):
+    import time
+
+    time.sleep(3600)
+
+
 def broken_export(model, example_inputs, path):
     raise RuntimeError("converter exploded: unsupported operator aten::frobnicate")
 '''
