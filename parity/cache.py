@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata as md
-import importlib.util
+import importlib.machinery
 import json
 import os
 import shutil
@@ -58,16 +58,13 @@ def source_digest(module: str, search: list[str]) -> str:
     file of the module's top-level package, or, for a plain module, the module and its sibling
     .py files (a models.py beside the case file and the helpers it imports).
     """
-    added = [d for d in search if d not in sys.path]
-    sys.path[:0] = added
+    top = module.split(".")[0]
     try:
-        top = module.split(".")[0]
-        spec = importlib.util.find_spec(top)
+        # PathFinder, not find_spec: it ignores sys.modules, where a same-named module from another
+        # case directory may already sit.
+        spec = importlib.machinery.PathFinder.find_spec(top, [*search, *sys.path])
     except (ImportError, ValueError):
         spec = None
-    finally:
-        for d in added:
-            sys.path.remove(d)
     if spec is None or not spec.origin or spec.origin in ("built-in", "frozen"):
         return "unknown"
     origin = Path(spec.origin)

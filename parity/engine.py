@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import os
 import shutil
 import time
 import traceback
@@ -188,7 +189,7 @@ class CaseRun:
     def artefact(self, fmt: str) -> Artefact:
         if fmt not in self._artefacts:
             try:
-                self._artefacts[fmt] = self._export(fmt)
+                self._artefacts[fmt] = self._cached_export(fmt)
             except (ExportError, CaseError) as e:
                 self._artefacts[fmt] = e
         found = self._artefacts[fmt]
@@ -196,19 +197,42 @@ class CaseRun:
             raise found
         return found
 
-    def _export(self, fmt: str) -> Artefact:
+    def _cached_export(self, fmt: str) -> Artefact:
+        """The artefact from the export cache, or exported now and stored there.
+
+        The key covers everything that determines the artefact (parity.cache.export_key), so a
+        cached artefact is never stale; failures are not cached.
+        """
+        spec = self.case.export.get(fmt)
+        if spec is not None and spec.artefact is not None:
+            return Artefact(fmt, self.case.resolve(spec.artefact), "prebuilt", list(self.case.inputs),
+                            self.output_names, {"prebuilt": True})
+        from parity.cache import export_key
+
+        key = export_key(self.case, fmt)
+        entry = self.cache.entry("export", key)
+        with self.cache.lock(entry):
+            if self.cache.complete(entry):
+                data = self.cache.read_json(entry, "artefact.json")
+                metadata = {**data["metadata"], "cached": True, "cache_key": key}
+                return Artefact(fmt, entry / data["file"], data["source"], data["input_names"], data["output_names"],
+                                metadata)
+            with self.cache.writing(entry) as tmp:
+                artefact = self._export(fmt, tmp)
+                (tmp / "artefact.json").write_text(json.dumps({
+                    "file": artefact.path.name, "source": artefact.source, "input_names": artefact.input_names,
+                    "output_names": artefact.output_names, "metadata": artefact.metadata}, default=str))
+            artefact.path = entry / artefact.path.name
+            artefact.metadata.update(cached=False, cache_key=key)
+            return artefact
+
+    def _export(self, fmt: str, out_dir: Path) -> Artefact:
+        """Export `fmt` into the empty directory `out_dir`."""
         info = FORMATS[fmt]
         spec = self.case.export.get(fmt)
         input_names = list(self.case.inputs)
-        if spec is not None and spec.artefact is not None:
-            return Artefact(fmt, self.case.resolve(spec.artefact), "prebuilt", input_names, self.output_names,
-                            {"prebuilt": True})
         from parity.model import to_torch
 
-        out_dir = self.build_dir / fmt
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        out_dir.mkdir(parents=True)
         path = out_dir / f"model{info.suffix}"
         start = time.perf_counter()
         isolate = spec.isolate if spec is not None and spec.isolate is not None else info.isolate
@@ -302,8 +326,23 @@ class CaseRun:
         k = f"_findings_{fmt}"
         if k not in self.__dict__:
             linter = FORMATS[fmt].linter
-            self.__dict__[k] = None if linter is None else load_object(linter)(self.artefact(fmt).path)
+            self.__dict__[k] = None if linter is None else self._lint_artefact(fmt, linter)
         return self.__dict__[k]
+
+    def _lint_artefact(self, fmt: str, linter: str) -> list:
+        """Lint findings of a cached artefact are cached beside it (loading a program can take seconds)."""
+        from parity.lint import Finding
+
+        artefact = self.artefact(fmt)
+        stored = artefact.path.parent / "findings.json" if artefact.metadata.get("cache_key") else None
+        if stored is not None and stored.is_file():
+            return [Finding(**f) for f in json.loads(stored.read_text())]
+        findings = load_object(linter)(artefact.path)
+        if stored is not None:
+            tmp = stored.with_name(f".findings.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps([f.as_dict() for f in findings]))
+            os.replace(tmp, stored)
+        return findings
 
     def artefact_info(self, fmt: str) -> dict:
         a = self.artefact(fmt)

@@ -84,7 +84,7 @@ def test_prebuilt_artefact_is_compared_without_reexport(suite, case_dir, pyteste
                + "checks: [parity]\n")
     result, records = suite()
     result.assert_outcomes(passed=1)
-    built = pytester.path / "build" / "small" / "onnx" / "model.onnx"
+    built = Path(records[0]["metrics"]["artefact"]["path"])
     shutil.copy(built, case_dir / "frozen.onnx")
     shutil.rmtree(pytester.path / "build")
     (case_dir / "small.yaml").write_text((case_dir / "small.yaml").read_text()
@@ -92,14 +92,14 @@ def test_prebuilt_artefact_is_compared_without_reexport(suite, case_dir, pyteste
     result, records = suite()
     result.assert_outcomes(passed=1)
     assert records[0]["metrics"]["artefact"]["source"] == "prebuilt"
-    assert not (pytester.path / "build" / "small" / "onnx").exists()  # nothing was exported
+    assert not (pytester.path / "build" / "cache" / "export").exists()  # nothing was exported
 
 
 def test_prebuilt_artefact_of_another_model_fails(suite, case_dir, pytester):
     write_case(case_dir, "small", SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]")
                + "checks: [parity]\n")
-    suite()
-    shutil.copy(pytester.path / "build" / "small" / "onnx" / "model.onnx", case_dir / "frozen.onnx")
+    _, records = suite()
+    shutil.copy(records[0]["metrics"]["artefact"]["path"], case_dir / "frozen.onnx")
     (case_dir / "small.yaml").write_text((case_dir / "small.yaml").read_text().replace("seed: 3", "seed: 4")
                                          + "export:\n  onnx: {artefact: frozen.onnx}\n")
     result, records = suite()
