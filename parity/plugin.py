@@ -39,6 +39,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--parity-triage", action="store_true", default=False,
                     help="when a parity, golden or batch_invariance check fails, localise the first diverging "
                          "module (parity.triage) and add its table to the failure; JSON beside the report")
+    group.addoption("--parity-shard", metavar="I/N", default=None,
+                    help="run only shard I of N (1-based); cases are dealt round-robin in name order, so each "
+                         "case's exports happen on one CI machine")
     group.addoption("--parity-no-cache", action="store_true", default=False,
                     help="ignore the export cache: rebuild every model and re-export every artefact")
 
@@ -109,6 +112,37 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         target = Target(load_error=error)
         params.append(pytest.param(target, id=target.id))
     metafunc.parametrize("parity_target", params)
+
+
+def _shard(value: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise pytest.UsageError(f"--parity-shard: expected I/N such as 2/4, got {value!r}") from None
+    if not 1 <= i <= n:
+        raise pytest.UsageError(f"--parity-shard: I must be between 1 and N, got {value!r}")
+    return i, n
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    value = config.getoption("parity_shard")
+    if not value:
+        return
+    i, n = _shard(value)
+    cases, errors = _load(config)
+    names = sorted([c.name for c in cases] + [Path(e.path).stem for e in errors])
+    mine = {name for index, name in enumerate(names) if index % n == i - 1}
+    keep, drop = [], []
+    for item in items:
+        target = getattr(item, "callspec", None) and item.callspec.params.get("parity_target")
+        if target is None:
+            keep.append(item)
+            continue
+        name = target.case.name if target.load_error is None else Path(target.load_error.path).stem
+        (keep if name in mine else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 class _SessionAdapter:

@@ -219,3 +219,15 @@ export:
     result.stdout.fnmatch_lines(["*first divergence: layer3.0.conv2 (Conv2d), computes something else than eager*"])
     assert records[0]["metrics"]["triage"]["first_divergence"] == "layer3.0.conv2"
     assert (pytester.path / "triage" / "planted-pt2-cpu.json").is_file()  # beside the report
+
+
+def test_shards_partition_the_cases(suite, case_dir):
+    for name in ("a", "b", "c"):
+        write_case(case_dir, name, SMALL_CASE + "checks: [lint]\n")
+    seen = []
+    for shard in ("1/2", "2/2"):
+        result, records = suite("--parity-shard", shard, "--collect-only", "-q")
+        seen.append({line.split("[")[1].split("-")[0] for line in result.stdout.lines if "test_parity[" in line})
+    assert seen == [{"a", "c"}, {"b"}]
+    result, _ = suite("--parity-shard", "3/2")
+    assert result.ret == 4  # usage error
