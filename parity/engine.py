@@ -268,8 +268,11 @@ class CaseRun:
             else:
                 function = load_object(FORMATS[fmt].exporter)
                 who, source = f"the built-in {fmt} exporter", "parity"
-                if "batch_sizes" in inspect.signature(function).parameters:
+                accepted = inspect.signature(function).parameters
+                if "batch_sizes" in accepted:
                     options["batch_sizes"] = list(self.case.batch_sizes)  # for exporters with a static fallback
+                if "calibration" in accepted:
+                    options["calibration"] = self.calibration_data()  # for quantizing exporters
                 metadata = function(module, example, path, input_names=input_names, output_names=output_names,
                                     **options)
         except Exception as e:
@@ -277,6 +280,37 @@ class CaseRun:
         if not path.exists():
             raise ExportError(f"{who} wrote nothing at {path}")
         return (dict(metadata) if isinstance(metadata, dict) else {}), source
+
+    def calibration_data(self) -> dict[str, np.ndarray]:
+        """Calibration samples for quantizing exporters (never the evaluation data)."""
+        acc = self.case.accuracy
+        if acc is not None and acc.calibration is not None:
+            return self.load_data(acc.calibration)[0]
+        if acc is not None and acc.evaluation.source is not None:
+            from parity.spec import DataSource
+
+            return self.load_data(DataSource(source=acc.evaluation.source, split="calibration"))[0]
+        return self.pool
+
+    def load_data(self, spec) -> tuple[dict[str, np.ndarray], Optional[np.ndarray]]:
+        """(inputs by name, labels or None) of a DataSource."""
+        names = list(self.case.inputs)
+        if spec.source is not None:
+            from parity.datasets import load
+
+            x, y = load(spec.source, spec.split or "test", spec.samples)
+            dtype = self.case.inputs[names[0]].dtype
+            return {names[0]: x.astype(dtype)}, y
+        with np.load(self.case.resolve(spec.file), allow_pickle=False) as data:
+            if len(names) == 1 and spec.inputs_key in data.files:
+                inputs = {names[0]: data[spec.inputs_key]}
+            else:
+                inputs = {n: data[n] for n in names}
+            labels = data[spec.labels_key] if spec.labels_key in data.files else None
+        if spec.samples:
+            inputs = {k: v[:spec.samples] for k, v in inputs.items()}
+            labels = None if labels is None else labels[:spec.samples]
+        return inputs, labels
 
     # ---- run
     def runner(self, fmt: str, backend: str):

@@ -28,6 +28,7 @@ class FormatInfo:
     precision: str = "fp32"  # numeric precision of the artefact: picks the default tolerance (fp32, fp16, int8)
     linter: str | None = None  # "module:function", lint(path) -> list[parity.lint.Finding] (training-mode lint)
     isolate: bool = False  # export in a child process by default (converters that can crash or hang)
+    fp32: str | None = None  # for a quantized variant: the fp32 format it is compared with (size ratio)
 
 
 FORMATS: dict[str, FormatInfo] = {
@@ -64,6 +65,46 @@ FORMATS: dict[str, FormatInfo] = {
         exporter_options=("strict",),
         linter="parity.lint.pt2:lint",
     ),
+    # INT8 variants: each quantizes with its library and runs on its fp32 sibling's runner.
+    "onnx_int8": FormatInfo(
+        name="onnx_int8",
+        exporter="parity.exporters.quantized:onnx_int8",
+        runner="parity.runners.onnxruntime:OnnxRuntimeRunner",
+        suffix=".onnx",
+        backends=("cpu", "cuda"),
+        requires=("torch", "onnx", "onnxruntime", "onnxscript"),
+        install="pip install 'parity[onnx]'",
+        exporter_options=("mode", "per_channel"),
+        precision="int8",
+        linter="parity.lint.onnx:lint",
+        fp32="onnx",
+    ),
+    "torchscript_int8": FormatInfo(
+        name="torchscript_int8",
+        exporter="parity.exporters.quantized:torchscript_int8",
+        runner="parity.runners.torchscript:TorchScriptRunner",
+        suffix=".pt",
+        backends=("cpu",),  # quantized::linear_dynamic has no CUDA kernel
+        requires=("torch",),
+        install="pip install 'parity[torch]'",
+        exporter_options=("mode",),
+        precision="int8",
+        linter="parity.lint.torchscript:lint",
+        fp32="torchscript",
+    ),
+    "pt2_int8": FormatInfo(
+        name="pt2_int8",
+        exporter="parity.exporters.quantized:pt2_int8",
+        runner="parity.runners.pt2:ExportedProgramRunner",
+        suffix=".pt2",
+        backends=("cpu",),
+        requires=("torch", "torchao"),
+        install="pip install 'parity[torch]' torchao",
+        exporter_options=(),
+        precision="int8",
+        linter="parity.lint.pt2:lint",
+        fp32="pt2",
+    ),
 }
 
 #: Every backend name a case may list. A (format, backend) pair is tested when the format lists the
@@ -71,7 +112,7 @@ FORMATS: dict[str, FormatInfo] = {
 BACKENDS: tuple[str, ...] = ("cpu", "cuda")
 
 #: Checks, in the order they run for a target.
-CHECKS: tuple[str, ...] = ("parity", "golden", "batch_invariance", "determinism", "lint")
+CHECKS: tuple[str, ...] = ("parity", "golden", "batch_invariance", "determinism", "lint", "accuracy")
 
 #: Checks that look at the model and the artefact, not at a backend: one test per (case, format).
 BACKEND_FREE_CHECKS: tuple[str, ...] = ("lint",)

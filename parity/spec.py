@@ -148,6 +148,37 @@ class Determinism(_Strict):
         "default: bitwise identical")
 
 
+class DataSource(_Strict):
+    """Labelled or calibration data: a built-in source (``digits``) or an .npz file."""
+
+    source: Optional[Literal["digits"]] = None
+    split: Optional[Literal["train", "test", "calibration"]] = None
+    file: Optional[str] = Field(default=None, description=".npz relative to the case file")
+    inputs_key: str = "inputs"
+    labels_key: str = "labels"
+    samples: Optional[PositiveInt] = Field(default=None, description="use only the first N samples")
+
+    @model_validator(mode="after")
+    def _one(self) -> "DataSource":
+        if (self.source is None) == (self.file is None):
+            raise ValueError("give either 'source' (built-in: digits) or 'file' (.npz)")
+        return self
+
+
+class Accuracy(_Strict):
+    """Accuracy on labelled data, and the gates quantized (and all other) targets must meet."""
+
+    evaluation: DataSource
+    calibration: Optional[DataSource] = Field(
+        default=None, description="calibration data for INT8 exports (default: the source's 'calibration' "
+        "split, disjoint from evaluation; else the case's generated inputs)")
+    max_accuracy_drop: Annotated[float, Field(ge=0)] = Field(default=1.0, description="points below fp32 eager")
+    min_top1_agreement: Annotated[float, Field(ge=0, le=1)] = 0.97
+    min_sqnr_db: Optional[float] = None
+    drift_margin: Annotated[float, Field(ge=0)] = Field(
+        default=0.5, description="points the accuracy may fall below the one recorded with the golden")
+
+
 class Case(_Strict):
     """A validated case file."""
 
@@ -162,6 +193,7 @@ class Case(_Strict):
     checks: list[CheckName] = Field(default_factory=lambda: list(CHECKS), min_length=1)  # type: ignore[valid-type]
     tolerance: Tolerances = Field(default_factory=Tolerances)
     export: dict[FormatName, ExportSpec] = Field(default_factory=dict)  # type: ignore[valid-type]
+    accuracy: Optional[Accuracy] = Field(default=None, description="labelled evaluation data and INT8 gates")
     batch_invariance: Tolerance = Field(
         default_factory=Tolerance, description="tolerance of batch-size invariance (default scale 1e-4 for fp32)")
     determinism: Determinism = Field(default_factory=Determinism)

@@ -72,3 +72,26 @@ def resnet_with_training_block(size: int = 32, block: str = "layer2.0.bn1") -> n
     model = torchvision_model("resnet18", size=size, num_classes=10)
     model.get_submodule(block).train()
     return model
+
+
+class DigitsCNN(nn.Module):
+    """Small CNN with BatchNorm for 8x8 digits (the shipped INT8 case; weights trained by
+    scripts/train_digits.py and committed as cases/weights/digits_cnn.safetensors)."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.dropout = nn.Dropout(0.2)
+        self.classifier = nn.Linear(2 * width * 16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(torch.flatten(self.features(x), 1)))
+
+
+def digits_cnn(width: int = 16) -> nn.Module:
+    """DigitsCNN in eval mode (load the trained weights through the case's model.weights)."""
+    return DigitsCNN(width).eval()

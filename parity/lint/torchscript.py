@@ -31,8 +31,9 @@ def lint(path: Path) -> list[Finding]:
     root = torch.jit.load(str(path), map_location="cpu")
     findings = []
     for module_path, module in root.named_modules():
-        graph = getattr(module, "graph", None)
-        if graph is None:
+        try:
+            graph = module.graph
+        except (AttributeError, RuntimeError):  # no forward (packed quantized params, containers)
             continue
         where = module_path or "<root>"
         for node in graph.nodes():

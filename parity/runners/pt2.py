@@ -14,6 +14,21 @@ from parity.runners.base import Runner
 from parity.runners.torchscript import cuda_unavailable_reason
 
 
+def load_program(path):
+    """``torch.export.load``, registering torchao's quantized ops first when the program needs them
+    (a PT2E-quantized program cannot be deserialized in a process that never imported torchao)."""
+    try:
+        return torch.export.load(str(path))
+    except RuntimeError:
+        import importlib.util
+
+        if importlib.util.find_spec("torchao") is None:
+            raise
+        import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401  (registers quantized_decomposed ops)
+
+        return torch.export.load(str(path))
+
+
 class ExportedProgramRunner(Runner):
     """Runs ``torch.export.load(path).module()``; a directory holds one program per batch size."""
 
@@ -35,7 +50,7 @@ class ExportedProgramRunner(Runner):
     def _load(self, path) -> torch.nn.Module:
         # Not .eval(): a program exported in training mode cannot be switched (NotImplementedError),
         # and the harness runs what was exported.
-        return torch.export.load(str(path)).module().to(self.backend)
+        return load_program(path).module().to(self.backend)
 
     def _module_for(self, size: int) -> torch.nn.Module:
         if None in self.modules:

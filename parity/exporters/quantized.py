@@ -1,0 +1,95 @@
+"""INT8 exporters, each through the library that owns the route (no hand-written quantizer):
+
+- ``onnx_int8``: the fp32 ONNX export, then onnxruntime.quantization: ``quantize_static`` (QDQ,
+  per-tensor or per-channel, calibrated on the case's calibration data) or ``quantize_dynamic``.
+- ``torchscript_int8``: ``torch.ao.quantization.quantize_dynamic`` of the Linear layers (the seed's
+  route), traced.
+- ``pt2_int8``: PyTorch 2 export quantization through torchao (``X86InductorQuantizer``, static,
+  calibrated), saved as a torch.export program.
+
+``calibration`` is a dict of input name -> array of samples (the case's ``quantization.calibration``
+source), separate from the evaluation data.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+import parity._triton_first  # noqa: F401
+import torch
+
+
+def _batches(calibration: dict[str, np.ndarray], size: int = 16):
+    n = len(next(iter(calibration.values())))
+    for start in range(0, n, size):
+        yield {k: v[start:start + size] for k, v in calibration.items()}
+
+
+def onnx_int8(model, example_inputs: tuple, path: Path, *, input_names: list[str], output_names: list[str],
+              calibration: dict[str, np.ndarray], mode: str = "static", per_channel: bool = True) -> dict:
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from parity.exporters.onnx import export as export_fp32
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        meta = export_fp32(model, example_inputs, fp32, input_names=input_names, output_names=output_names)
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        if mode == "dynamic":
+            quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8, per_channel=per_channel)
+        elif mode == "static":
+            class Reader(CalibrationDataReader):
+                def __init__(self) -> None:
+                    self.it = iter(_batches(calibration))
+
+                def get_next(self):
+                    return next(self.it, None)
+
+            quantize_static(str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ,
+                            per_channel=per_channel, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+        else:
+            raise ValueError(f"export.onnx_int8.options.mode must be 'static' or 'dynamic', got {mode!r}")
+    return {"route": f"onnxruntime.quantization {mode}" + (" QDQ" if mode == "static" else ""),
+            "per_channel": per_channel, "opset_written": meta["opset_written"], "torch": str(torch.__version__)}
+
+
+def torchscript_int8(model, example_inputs: tuple, path: Path, *, input_names: list[str], output_names: list[str],
+                     calibration: dict[str, np.ndarray], mode: str = "dynamic") -> dict:
+    if mode != "dynamic":
+        raise ValueError("export.torchscript_int8.options.mode: torch.ao quantize_dynamic is the TorchScript route; "
+                         "use pt2_int8 for static quantization")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        torch.jit.save(torch.jit.trace(quantized, example_inputs, check_trace=False), str(path))
+    return {"route": "torch.ao.quantization.quantize_dynamic (Linear)", "torch": str(torch.__version__)}
+
+
+def pt2_int8(model, example_inputs: tuple, path: Path, *, input_names: list[str], output_names: list[str],
+             calibration: dict[str, np.ndarray]) -> dict:
+    """Static INT8 with torchao's X86InductorQuantizer default config (per-channel weights)."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+
+    dims = tuple({0: torch.export.Dim.DYNAMIC} for _ in example_inputs)
+    graph = torch.export.export(model, example_inputs, dynamic_shapes=dims).module()
+    quantizer = X86InductorQuantizer()
+    quantizer.set_global(get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(graph, quantizer)
+    with torch.no_grad():
+        for feed in _batches(calibration):
+            prepared(*(torch.from_numpy(v) for v in feed.values()))
+    converted = convert_pt2e(prepared)
+    torch.export.save(torch.export.export(converted, example_inputs, dynamic_shapes=dims), str(path))
+    import torchao
+
+    return {"route": "torchao PT2E X86InductorQuantizer (static)", "per_channel": True,
+            "torchao": torchao.__version__, "torch": str(torch.__version__), "dynamic_batch": True}
