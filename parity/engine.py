@@ -17,7 +17,6 @@ import copy
 import inspect
 import json
 import os
-import shutil
 import time
 import traceback
 from dataclasses import dataclass, field

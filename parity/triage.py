@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 
 from parity.compare import compare_outputs
 from parity.engine import CaseRun, short_error

@@ -33,7 +33,7 @@ def main() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs)
     gen = torch.Generator().manual_seed(0)
-    for epoch in range(args.epochs):
+    for _ in range(args.epochs):
         model.train()
         for idx in torch.randperm(len(x), generator=gen).split(64):
             opt.zero_grad()

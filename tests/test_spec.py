@@ -17,7 +17,7 @@ def test_valid_case_loads_with_defaults(case_dir):
     case = load_case(write_case(case_dir, "ok", SMALL_CASE))
     assert case.name == "ok"
     assert case.batch_sizes == [1, 3]
-    assert case.checks == ["parity", "golden", "batch_invariance", "determinism", "lint"]
+    assert case.checks == ["parity", "golden", "batch_invariance", "determinism", "lint", "accuracy"]
     assert list(case.inputs) == ["x"]
     assert case.inputs["x"].shape == [3, 8, 8]
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import parity._triton_first  # noqa: F401
-import torch
-
 from parity.lint import Finding
 
 _RANDOM = ("rand", "randn", "rand_like", "randn_like", "bernoulli", "normal", "uniform", "randint", "multinomial",
