@@ -16,6 +16,7 @@ import numpy as np
 from parity.compare import OutputComparison, compare_outputs, format_table
 from parity.engine import CaseRun, CheckResult
 from parity.golden import key
+from parity.latency import check_latency
 
 if TYPE_CHECKING:
     from parity.engine import Session
@@ -36,6 +37,7 @@ def _summary(rows: list[tuple[str, OutputComparison]]) -> dict:
         "nonfinite": sum(c.nonfinite for c in compared),
         "min_scale": max(c.min_scale for c in compared),
         "min_atol": max(c.min_atol for c in compared),
+        "tolerance_used": max(c.tolerance_used for c in compared),
         "top1_agreement": min(top1) if top1 else None,
         "vacuous": any(c.vacuous for c in compared),
     }
@@ -212,4 +214,5 @@ def check_golden(run: CaseRun, fmt: str, backend: str, session: "Session") -> Ch
 CHECKS: dict[str, Callable[[CaseRun, str, str, "Session"], CheckResult]] = {
     "parity": check_parity,
     "golden": check_golden,
+    "latency": check_latency,
 }

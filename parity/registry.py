@@ -56,7 +56,11 @@ FORMATS: dict[str, FormatInfo] = {
 BACKENDS: tuple[str, ...] = ("cpu", "cuda")
 
 #: Checks, in the order they run for a target.
-CHECKS: tuple[str, ...] = ("parity", "golden")
+CHECKS: tuple[str, ...] = ("parity", "golden", "latency")
+
+#: Checks a case runs only when its `checks` lists them; every other check is in the default list.
+#: Latency costs timed runs and gates nothing unless the case declares a maximum.
+OPT_IN_CHECKS: tuple[str, ...] = ("latency",)
 
 
 def missing_modules(fmt: FormatInfo) -> list[str]:
