@@ -22,20 +22,20 @@ from parity.engine import CaseRun, CheckResult
 if TYPE_CHECKING:
     from parity.engine import Session
 
-#: Timed runs made even when the time budget is spent.
+#: Warm-up and timed runs made even when the time budget is spent.
 MIN_RUNS = 3
 
 
 def measure(fn: Callable[[], object], warmup: int, runs: int, budget_s: float = float("inf")) -> dict:
     """Call `fn` `warmup` times untimed, then `runs` times timed; milliseconds, rounded to 0.1 us.
 
-    Each phase stops early once it has taken `budget_s` seconds (the timed one after at least
-    ``MIN_RUNS`` runs), so a slow model or a loaded machine cannot stall the suite; the result
+    Each phase stops early once it has taken `budget_s` seconds, but only after ``MIN_RUNS`` runs
+    (or all of them, if fewer were asked), so a slow model or a loaded machine cannot stall the suite; the result
     says how many runs were actually made.
     """
     start = time.perf_counter()
     done_warmup = 0
-    while done_warmup < warmup and (done_warmup == 0 or time.perf_counter() - start < budget_s):
+    while done_warmup < warmup and (done_warmup < MIN_RUNS or time.perf_counter() - start < budget_s):
         fn()
         done_warmup += 1
     times: list[float] = []

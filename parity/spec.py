@@ -143,7 +143,7 @@ class LatencySpec(_Strict):
     warmup: NonNegativeInt = Field(default=10, description="untimed runs first (TorchScript optimises after ~5)")
     runs: PositiveInt = Field(default=20, description="timed runs per batch size")
     budget_s: PositiveFloat = Field(default=1.0, description="seconds each phase (warm-up, timed) may take per "
-                                                             "batch size before it stops early (>= 3 timed runs)")
+                                                             "batch size before it stops early (after >= 3 runs)")
     max_p50_ms: Optional[PositiveFloat | dict[PositiveInt, PositiveFloat]] = None
 
     def limit_for(self, batch_size: int) -> Optional[float]:

@@ -29,7 +29,7 @@ def test_budget_stops_early_but_keeps_a_few_runs():
         time.sleep(0.02)
 
     stats = measure(slow, warmup=50, runs=100, budget_s=0.05)
-    assert 1 <= stats["warmup"] <= 4 and 3 <= stats["runs"] <= 5
+    assert 3 <= stats["warmup"] <= 5 and 3 <= stats["runs"] <= 5
     assert len(calls) == stats["warmup"] + stats["runs"]
 
 
