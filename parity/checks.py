@@ -16,6 +16,7 @@ import numpy as np
 from parity.compare import OutputComparison, compare_output, compare_outputs, format_table
 from parity.engine import CaseRun, CheckResult, short_error
 from parity.golden import key
+from parity.latency import check_latency
 
 if TYPE_CHECKING:
     from parity.engine import Session
@@ -36,6 +37,7 @@ def _summary(rows: list[tuple[str, OutputComparison]]) -> dict:
         "nonfinite": sum(c.nonfinite for c in compared),
         "min_scale": max(c.min_scale for c in compared),
         "min_atol": max(c.min_atol for c in compared),
+        "tolerance_used": max(c.tolerance_used for c in compared),
         "top1_agreement": min(top1) if top1 else None,
         "vacuous": any(c.vacuous for c in compared),
     }
@@ -539,4 +541,5 @@ CHECKS: dict[str, Callable[[CaseRun, str, str, "Session"], CheckResult]] = {
     "determinism": check_determinism,
     "lint": check_lint,
     "accuracy": check_accuracy,
+    "latency": check_latency,
 }

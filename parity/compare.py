@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from parity.profile import PROFILE_AT, error_profile, tolerance_used
 from parity.spec import ResolvedTolerance
 
 
@@ -42,6 +43,7 @@ class OutputComparison:
     scaled_error: float = 0.0  # max_abs / max|expected|
     min_scale: float = 0.0  # smallest `scale` that passes with atol = rtol = 0
     min_atol: float = 0.0  # smallest `atol` that passes with this rtol and scale
+    tolerance_used: float = 0.0  # max over elements of |obtained-expected| / bound: 1.0 is the limit
     nonfinite: int = 0  # elements non-finite in obtained but finite in expected (or mismatched)
     top1_agreement: Optional[float] = None
     vacuous: bool = False
@@ -100,6 +102,7 @@ def compare_output(name: str, expected: np.ndarray, obtained: np.ndarray, tol: R
     result.share_outside = result.n_outside / result.size
     result.min_scale = result.scaled_error
     result.min_atol = float(np.maximum(diff - tol.rtol * ref_abs - tol.scale * ref_max, 0.0).max())
+    result.tolerance_used = tolerance_used(diff, bound)
 
     score = np.where(bad_nonfinite, np.inf, diff - bound)
     worst = np.unravel_index(int(np.argmax(score)), exp.shape)
@@ -125,6 +128,8 @@ def compare_output(name: str, expected: np.ndarray, obtained: np.ndarray, tol: R
     if problems:
         result.problem = "; ".join(problems)
     result.passed = not problems
+    if not result.passed or result.tolerance_used >= PROFILE_AT:
+        result.extra["profile"] = error_profile(exp, obt)
     return result
 
 

@@ -32,7 +32,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="(re)write the golden files of every selected golden check instead of comparing")
     group.addoption("--parity-report", metavar="FILE", default=None,
                     help="write a JSON list with one object per parity test (case, format, backend, check, "
-                         "status, message, metrics)")
+                         "status, message, metrics), and the run's environment and counts to FILE's .run.json")
+    group.addoption("--parity-summary", metavar="FILE", default=None,
+                    help="write a Markdown summary (matrix, latency, failures); also appended to "
+                         "$GITHUB_STEP_SUMMARY when that is set")
+    group.addoption("--parity-html", metavar="FILE", default=None,
+                    help="write a self-contained HTML report with plots of failing and drifting targets")
     group.addoption("--parity-build", metavar="DIR", default=None,
                     help="where artefacts are exported and cached (default: build/parity in the rootdir; "
                          "not committed)")
@@ -180,7 +185,8 @@ class _SessionAdapter:
                   "metrics": result.metrics, "duration_s": round(time.perf_counter() - start, 4)}
         if target.case.expects_failure(target.check, target.format):
             record["xfail"] = target.case.xfail
-        # plain JSON types only: the record travels to the xdist controller and into the report
+        # Plain JSON types only: the record travels from pytest-xdist workers (execnet cannot send numpy
+        # scalars or torch's TorchVersion strings) and ends up in the JSON report anyway.
         record = json.loads(json.dumps(record, default=_json_default))
         return Outcome(result.status, result.message, record)
 
@@ -215,11 +221,18 @@ def parity_session(request: pytest.FixtureRequest):
 
 
 class _Reporter:
-    """Collects each test's parity record (on the xdist controller too) and writes the report."""
+    """Collects each test's parity record (on the xdist controller too) and writes the reports."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.records: list[dict] = []
+        self.run = None  # the parity.report.Run, once the session finished
+        self.written: list[str] = []
+        self.problems: list[str] = []
+        self.started = time.time()
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self.started = time.time()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "call":
@@ -228,18 +241,83 @@ class _Reporter:
             if name == "parity":
                 self.records.append(value)
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call):
+        """JUnit XML reads the teardown report's properties: give it the record as flat name=value pairs."""
+        report = yield
+        if report.when == "teardown" and any(name == "parity" for name, _ in report.user_properties):
+            from parity.report.junit import flatten
+
+            flat = []
+            for name, value in report.user_properties:
+                flat += flatten(value) if name == "parity" and isinstance(value, dict) else [(name, value)]
+            report.user_properties = flat
+        return report
+
+    @pytest.hookimpl(tryfirst=True)  # before junitxml writes its file, so the suite properties get in
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if hasattr(self.config, "workerinput"):  # an xdist worker: the controller writes the report
+        if hasattr(self.config, "workerinput"):  # an xdist worker: the controller writes the reports
             return
-        path = self.config.getoption("parity_report")
-        if path:
-            target = Path(path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            tmp.write_text(json.dumps(self.records, indent=2, default=_json_default) + "\n", encoding="utf-8")
-            os.replace(tmp, target)
+        from datetime import datetime, timezone
+
+        from parity.report import Run
+        from parity.report.environment import collect
+        from parity.report.junit import environment_properties
+        from parity.report.run import RUN_FORMAT
+
+        config = self.config
+        finished = time.time()
+        self.run = Run(self.records)
+        self.run.info = {
+            "format": RUN_FORMAT,
+            "started": datetime.fromtimestamp(self.started, timezone.utc).isoformat(timespec="seconds"),
+            "finished": datetime.fromtimestamp(finished, timezone.utc).isoformat(timespec="seconds"),
+            "duration_s": round(finished - self.started, 3),
+            "exitstatus": int(exitstatus),
+            "counts": self.run.counts,
+            "invocation": {"args": [str(a) for a in config.invocation_params.args],
+                           "dir": str(config.invocation_params.dir)},
+            "options": {"cases": str(_dir_option(config, "cases", "cases")),
+                        "golden": str(_dir_option(config, "golden", "golden")),
+                        "update_golden": bool(config.getoption("update_golden"))},
+            "environment": collect(config.rootpath),
+        }
+        for plugin in config.pluginmanager.get_plugins():  # pytest's LogXML, when --junitxml is given
+            if type(plugin).__name__ == "LogXML" and hasattr(plugin, "add_global_property"):
+                for name, value in environment_properties(self.run.info["environment"]):
+                    plugin.add_global_property(name, value)
+        self._write_outputs()
+        if self.problems and session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+
+    def _write_outputs(self) -> None:
+        from parity.report import html, markdown, save
+        from parity.report.run import write_text
+
+        config, run = self.config, self.run
+        outputs = [("parity-report", lambda p: save(p, run, default=_json_default)),
+                   ("parity-summary", lambda p: write_text(p, markdown.render(run))),
+                   ("parity-html", lambda p: write_text(p, html.render(run)))]
+        for option, write in outputs:
+            path = config.getoption(option.replace("-", "_"))
+            if not path:
+                continue
+            try:
+                write(path)
+                self.written.append(f"{option.split('-')[1]}: {path}")
+            except Exception as e:  # a broken report must not hide the test results, but must not pass silently
+                self.problems.append(f"--{option} {path}: {type(e).__name__}: {e}")
+        step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if step_summary and self.records:
+            try:
+                with open(step_summary, "a", encoding="utf-8") as f:
+                    f.write(markdown.render(run) + "\n")
+            except OSError as e:
+                self.problems.append(f"$GITHUB_STEP_SUMMARY {step_summary}: {e}")
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+        for problem in self.problems:
+            terminalreporter.write_line(f"parity: could not write {problem}", red=True)
         if not self.records:
             return
         counts: dict[str, int] = {}
@@ -252,8 +330,8 @@ class _Reporter:
         line = "parity: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         if written:
             line += f"; {written} golden target(s) written under {_dir_option(config, 'golden', 'golden')}"
-        if config.getoption("parity_report"):
-            line += f"; report: {config.getoption('parity_report')}"
+        if self.written:
+            line += "; " + ", ".join(self.written)
         terminalreporter.write_sep("-", line)
 
 

@@ -112,10 +112,14 @@ FORMATS: dict[str, FormatInfo] = {
 BACKENDS: tuple[str, ...] = ("cpu", "cuda")
 
 #: Checks, in the order they run for a target.
-CHECKS: tuple[str, ...] = ("parity", "golden", "batch_invariance", "determinism", "lint", "accuracy")
+CHECKS: tuple[str, ...] = ("parity", "golden", "batch_invariance", "determinism", "lint", "accuracy", "latency")
 
 #: Checks that look at the model and the artefact, not at a backend: one test per (case, format).
 BACKEND_FREE_CHECKS: tuple[str, ...] = ("lint",)
+
+#: Checks a case runs only when its `checks` lists them; every other check is in the default list.
+#: Latency costs timed runs and gates nothing unless the case declares a maximum.
+OPT_IN_CHECKS: tuple[str, ...] = ("latency",)
 
 
 def missing_modules(fmt: FormatInfo) -> list[str]:

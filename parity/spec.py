@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError,
+                      field_validator, model_validator)
 
 from parity.errors import CaseError
-from parity.registry import BACKENDS, CHECKS, FORMATS
+from parity.registry import BACKENDS, CHECKS, FORMATS, OPT_IN_CHECKS
 
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "uint8", "bool")
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
@@ -179,6 +180,25 @@ class Accuracy(_Strict):
         default=0.5, description="points the accuracy may fall below the one recorded with the golden")
 
 
+class LatencySpec(_Strict):
+    """How the latency check times each target, and an optional gate on the median.
+
+    ``max_p50_ms`` is one limit for every batch size, or a mapping batch size -> limit; a
+    batch size it does not name is reported, not gated.
+    """
+
+    warmup: NonNegativeInt = Field(default=10, description="untimed runs first (TorchScript optimises after ~5)")
+    runs: PositiveInt = Field(default=20, description="timed runs per batch size")
+    budget_s: PositiveFloat = Field(default=1.0, description="seconds each phase (warm-up, timed) may take per "
+                                                             "batch size before it stops early (after >= 3 runs)")
+    max_p50_ms: Optional[PositiveFloat | dict[PositiveInt, PositiveFloat]] = None
+
+    def limit_for(self, batch_size: int) -> Optional[float]:
+        if isinstance(self.max_p50_ms, dict):
+            return self.max_p50_ms.get(batch_size)
+        return self.max_p50_ms
+
+
 class Case(_Strict):
     """A validated case file."""
 
@@ -190,13 +210,15 @@ class Case(_Strict):
     batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1, 2], min_length=1)
     formats: list[FormatName] = Field(default_factory=lambda: list(FORMATS), min_length=1)  # type: ignore[valid-type]
     backends: list[BackendName] = Field(default_factory=lambda: list(BACKENDS), min_length=1)  # type: ignore[valid-type]
-    checks: list[CheckName] = Field(default_factory=lambda: list(CHECKS), min_length=1)  # type: ignore[valid-type]
+    checks: list[CheckName] = Field(default_factory=lambda: [c for c in CHECKS if c not in OPT_IN_CHECKS],  # type: ignore[valid-type]
+                                    min_length=1)
     tolerance: Tolerances = Field(default_factory=Tolerances)
     export: dict[FormatName, ExportSpec] = Field(default_factory=dict)  # type: ignore[valid-type]
     accuracy: Optional[Accuracy] = Field(default=None, description="labelled evaluation data and INT8 gates")
     batch_invariance: Tolerance = Field(
         default_factory=Tolerance, description="tolerance of batch-size invariance (default scale 1e-4 for fp32)")
     determinism: Determinism = Field(default_factory=Determinism)
+    latency: LatencySpec = Field(default_factory=LatencySpec)
     xfail: Optional[str] = Field(default=None, description="reason: tests of this case are expected to fail")
     xfail_checks: Optional[dict[CheckName, Union[Literal["all"], list[FormatName]]]] = Field(  # type: ignore
         default=None, description="which (check: formats) are expected to fail; default: every test")
@@ -412,6 +434,15 @@ def _check_references(case: Case, shown: str) -> None:
         if spec.shape is not None and list(arr.shape[1:]) != list(spec.shape):
             raise CaseError(shown, f"inputs.{name}.shape", f"declared per-sample shape {list(spec.shape)} but "
                             f"{data_path.name}[{key!r}] holds samples of shape {list(arr.shape[1:])}")
+    limits = case.latency.max_p50_ms
+    if isinstance(limits, dict):
+        unknown = sorted(set(limits) - set(case.batch_sizes))
+        if unknown:
+            raise CaseError(shown, "latency.max_p50_ms", f"batch size {unknown[0]} is not in batch_sizes "
+                            f"{case.batch_sizes}; give limits for listed batch sizes only")
+    if limits is not None and "latency" not in case.checks:
+        raise CaseError(shown, "latency.max_p50_ms", f"a latency limit is set but 'latency' is not in checks "
+                        f"{case.checks}; add it there, or the limit is never applied")
     for fmt, export in case.export.items():
         if export.function is not None:
             _check_callable(export.function, search, shown, f"export.{fmt}.function")

@@ -231,7 +231,10 @@ def write(report: TriageReport, path: Path) -> Path:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``parity triage CASE --format F [--backend B]``: print the table, optionally write JSON."""
+    """``parity triage CASE --format F [--backend B]``: print the table, optionally write JSON.
+
+    Exit codes as the rest of the parity command: 0 no divergence, 1 a divergence found, 2 usage
+    or case errors."""
     import argparse
 
     from parity.engine import Session

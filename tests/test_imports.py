@@ -22,7 +22,18 @@ def _heavy_after(code: str, *args: str) -> list[str]:
 
 def test_import_parity_is_clean():
     assert _heavy_after("import parity, parity.spec, parity.compare, parity.golden, parity.engine, "
-                        "parity.checks, parity.plugin, parity.registry") == []
+                        "parity.checks, parity.plugin, parity.registry, parity.latency, parity.profile, "
+                        "parity.cli, parity.report, parity.report.html, parity.report.markdown, "
+                        "parity.report.diff, parity.report.junit, parity.report.environment") == []
+
+
+def test_report_commands_import_no_framework(tmp_path):
+    (tmp_path / "r.json").write_text('[{"case": "a", "format": "onnx", "backend": "cpu", "check": "parity", '
+                                     '"status": "passed", "message": "", "metrics": {"scaled_error": 1e-7}}]')
+    code = (f"from parity.cli import main\n"
+            f"assert main(['report', {str(tmp_path / 'r.json')!r}, '--html', {str(tmp_path / 'r.html')!r}]) == 0\n"
+            f"assert main(['diff', {str(tmp_path / 'r.json')!r}, {str(tmp_path / 'r.json')!r}]) == 0")
+    assert _heavy_after(code) == []
 
 
 def test_collect_only_imports_no_framework():

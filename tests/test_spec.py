@@ -216,3 +216,33 @@ def test_expects_failure(case_dir):
     assert not case.expects_failure("parity", "torchscript") and not case.expects_failure("golden", "onnx")
     everything = load_case(write_case(case_dir, "y", SMALL_CASE + "xfail: why\n"))
     assert everything.expects_failure("golden", "onnx")
+
+
+def test_latency_is_opt_in_with_defaults(case_dir):
+    case = load_case(write_case(case_dir, "ok", SMALL_CASE))
+    assert "latency" not in case.checks
+    assert (case.latency.warmup, case.latency.runs, case.latency.budget_s, case.latency.max_p50_ms) == (10, 20, 1.0, None)
+
+
+def test_latency_limits_per_batch_or_for_all(case_dir):
+    case = load_case(write_case(case_dir, "lat", SMALL_CASE + "checks: [latency]\nlatency: {max_p50_ms: {3: 7.5}}\n"))
+    assert (case.latency.limit_for(1), case.latency.limit_for(3)) == (None, 7.5)
+    case = load_case(write_case(case_dir, "lat", SMALL_CASE + "checks: [latency]\nlatency: {max_p50_ms: 4}\n"))
+    assert (case.latency.limit_for(1), case.latency.limit_for(3)) == (4.0, 4.0)
+
+
+def test_latency_limit_for_unlisted_batch_size(case_dir):
+    e = _error(case_dir, SMALL_CASE + "checks: [latency]\nlatency: {max_p50_ms: {8: 5}}\n")
+    assert e.field == "latency.max_p50_ms" and "batch size 8 is not in batch_sizes [1, 3]" in e.problem
+
+
+def test_latency_limit_without_the_check(case_dir):
+    e = _error(case_dir, SMALL_CASE + "latency: {max_p50_ms: 5}\n")
+    assert e.field == "latency.max_p50_ms" and "'latency' is not in checks" in e.problem
+
+
+def test_latency_unknown_key_and_bad_value(case_dir):
+    e = _error(case_dir, SMALL_CASE + "latency: {run: 5}\n")
+    assert e.field == "latency.run" and "did you mean 'runs'" in e.problem
+    e = _error(case_dir, SMALL_CASE + "checks: [latency]\nlatency: {runs: 0}\n")
+    assert e.field == "latency.runs" and "greater than 0" in e.problem

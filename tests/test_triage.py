@@ -101,3 +101,12 @@ def test_cli_prints_table_and_writes_json(case_dir, tmp_path, capsys):
     assert data["first_divergence"] == "layer2.0.bn1"
     assert {"path", "op", "max_abs", "rel_error", "cosine", "status"} <= set(data["rows"][0])
     assert main(["bn", "--format", "tflite2", "--cases", str(case_dir)]) == 2
+
+
+def test_parity_command_runs_triage(case_dir, tmp_path, capsys):
+    from parity.cli import main as parity_main
+
+    write_case(case_dir, "clean", CASE.replace("FACTORY", "models:gelu_net"))
+    rc = parity_main(["triage", "clean", "-f", "onnx", "--cases", str(case_dir), "--build", str(tmp_path / "b")])
+    assert rc == 0 and "no divergence" in capsys.readouterr().out
+    assert parity_main(["triage", "nope", "-f", "onnx", "--cases", str(case_dir)]) == 2
