@@ -36,7 +36,8 @@ def target_id(record: dict) -> str:
     """`case-format-backend-check`, as in the test ids; a case file error reads `case-case-error`."""
     if record.get("format") is None and record.get("check") == "load":
         return f"{record.get('case')}-case-error"
-    return f"{record.get('case')}-{record.get('format')}-{record.get('backend')}-{record.get('check')}"
+    parts = (record.get("case"), record.get("format"), record.get("backend"), record.get("check"))
+    return "-".join(str(p) for p in parts if p)  # backend-free checks (lint) have no backend
 
 
 def number(value) -> Optional[float]:
@@ -188,7 +189,7 @@ class Run:
                 cases.append(case)
             if r.get("format") is None:
                 continue
-            column = f"{r['format']}/{r['backend']}"
+            column = f"{r['format']}/{r['backend'] or 'static'}"  # lint looks at the artefact, not a backend
             if column not in columns:
                 columns.append(column)
             cells.setdefault((case, column), Cell()).records.append(r)
