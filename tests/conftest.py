@@ -205,6 +205,22 @@ def planted_export(model, example_inputs, path, bug="weight"):
     return exporter(model, example_inputs, path, input_names=names_in, output_names=["output0"], **extra)
 
 
+def badly_calibrated_int8_export(model, example_inputs, path):
+    """INT8 through onnxruntime static quantization, calibrated on the example inputs, except that
+    the marked layer's weights are quantized with a scale 30x too large (a badly calibrated layer)."""
+    from parity.exporters.quantized import onnx_int8
+
+    with torch.no_grad():
+        for module in model.modules():
+            if getattr(module, "_planted", False):
+                scale = 30 * module.weight.abs().max() / 127
+                module.weight.copy_(torch.round(module.weight / scale).clamp(-127, 127) * scale)
+    names = [f"input{i}" for i in range(len(example_inputs))]
+    calibration = {n: t.detach().numpy() for n, t in zip(names, example_inputs)}
+    return onnx_int8(model, example_inputs, path, input_names=names, output_names=["output0"],
+                     calibration=calibration)
+
+
 def crashing_export(model, example_inputs, path):
     """A converter that kills its own process (as a segfaulting native converter would)."""
     import os
