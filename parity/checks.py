@@ -83,15 +83,17 @@ def check_parity(run: CaseRun, fmt: str, backend: str, session: "Session") -> Ch
         for c in compare_outputs(expected, obtained, lambda name: case.tolerance_for(fmt, backend, name)):
             rows.append((f"b{size}", c))
     runner = run.runner(fmt, backend)
-    metrics = {"runner": runner.name, "artefact": run.artefact_info(fmt), "batch_sizes": list(case.batch_sizes)}
-    return _verdict(f"parity of {fmt}/{backend} against the eager model", rows, run, fmt, backend, metrics)
+    info = run.artefact_info(fmt)
+    metrics = {"runner": runner.name, "artefact": info, "batch_sizes": list(case.batch_sizes)}
+    notes = [*info.get("notes", []), *runner.notes]  # e.g. a layout the harness transposed
+    return _verdict(f"parity of {fmt}/{backend} against the eager model", rows, run, fmt, backend, metrics, notes)
 
 
 def _versions() -> dict:
     import importlib.metadata as md
 
     found = {"python": platform.python_version(), "numpy": np.__version__}
-    for dist in ("torch", "onnx", "onnxruntime", "onnxscript"):
+    for dist in ("torch", "onnx", "onnxruntime", "onnxscript", "litert-torch", "ai-edge-litert", "coremltools"):
         try:
             found[dist] = md.version(dist)
         except md.PackageNotFoundError:

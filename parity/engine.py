@@ -24,7 +24,7 @@ from typing import Optional
 
 import numpy as np
 
-from parity.artefact import Artefact
+from parity.artefact import Artefact, Expected
 from parity.errors import BackendUnavailable, CaseError, ExportError, GoldenError
 from parity.golden import GoldenStore
 from parity.inputs import batch, make_pool
@@ -157,42 +157,79 @@ class CaseRun:
         spec = self.case.export.get(fmt)
         input_names = list(self.case.inputs)
         if spec is not None and spec.artefact is not None:
-            return Artefact(fmt, self.case.resolve(spec.artefact), "prebuilt", input_names, self.output_names,
-                            {"prebuilt": True})
+            return self._inspect(Artefact(fmt, self.case.resolve(spec.artefact), "prebuilt", input_names,
+                                          self.output_names, {"prebuilt": True}))
         from parity.model import to_torch
 
         out_dir = self.build_dir / fmt
         if out_dir.exists():
             shutil.rmtree(out_dir)
         out_dir.mkdir(parents=True)
-        path = out_dir / f"model{info.suffix}"
-        model = copy.deepcopy(self.model)  # each exporter gets a pristine model: tracing may mutate it
-        example = to_torch(self.example_inputs())
         options = dict(spec.options) if spec is not None else {}
-        start = time.perf_counter()
-        try:
-            if spec is not None and spec.function is not None:
-                from parity.model import import_from_case
+        if spec is not None and spec.function is not None:
+            from parity.model import import_from_case
 
-                function = import_from_case(self.case, spec.function)
-                source = f"function:{spec.function}"
-                metadata = function(model, example, path, **options) or {}
-            else:
-                function = load_object(info.exporter)
-                source = "parity"
-                metadata = function(model, example, path, input_names=input_names, output_names=self.output_names,
-                                    **options)
-        except Exception as e:
-            who = f"the case's export function {spec.function}" if spec is not None and spec.function else \
-                f"the built-in {fmt} exporter"
-            raise ExportError(f"{who} raised {short_error(e)}") from e
-        if not path.exists():
-            raise ExportError(f"export function {spec.function if spec else info.exporter} wrote nothing at {path}")
-        metadata = dict(metadata) if isinstance(metadata, dict) else {}
+            function = import_from_case(self.case, spec.function)
+            source = f"function:{spec.function}"
+            who = f"the case's export function {spec.function}"
+            kwargs = options
+        else:
+            function = load_object(info.exporter)
+            source = "parity"
+            who = f"the built-in {fmt} exporter"
+            kwargs = {"input_names": input_names, "output_names": self.output_names, **options}
+        if info.static_batch:  # one artefact per batch size, each traced at that batch size
+            jobs = [(size, out_dir / f"model.b{size}{info.suffix}", self.inputs(size))
+                    for size in sorted(self.case.batch_sizes)]
+        else:
+            jobs = [(None, out_dir / f"model{info.suffix}", self.example_inputs())]
+        start = time.perf_counter()
+        metadata: dict = {}
+        for size, path, inputs in jobs:
+            model = copy.deepcopy(self.model)  # each export gets a pristine model: tracing may mutate it
+            at = f" (batch size {size})" if size is not None else ""
+            try:
+                metadata = function(model, to_torch(inputs), path, **kwargs) or {}
+            except Exception as e:
+                raise ExportError(f"{who}{at} raised {short_error(e)}") from e
+            if not path.exists():
+                raise ExportError(f"{who}{at} wrote nothing at {path}")
+        metadata = dict(metadata) if isinstance(metadata, dict) else {}  # the largest batch's export
         metadata["export_s"] = round(time.perf_counter() - start, 3)
         self.timings[f"export_{fmt}_s"] = metadata["export_s"]
-        artefact = Artefact(fmt, path, source, input_names, self.output_names, metadata)
+        batch_paths = {size: path for size, path, _ in jobs if size is not None}
+        if batch_paths:
+            metadata["batch"] = "static: one artefact per batch size"
+            metadata["artefacts"] = {f"b{size}": path.name for size, path in batch_paths.items()}
+        artefact = Artefact(fmt, jobs[-1][1], source, input_names, self.output_names, metadata, batch_paths)
         metadata["size_bytes"] = artefact.size_bytes
+        return self._inspect(artefact)
+
+    def expected(self) -> Expected:
+        """Shapes and dtypes the case gives and expects, per batch size (for structural checks)."""
+        sizes = tuple(sorted(self.case.batch_sizes))
+        return Expected(
+            batch_sizes=sizes,
+            inputs={b: {n: tuple(a.shape) for n, a in self.inputs(b).items()} for b in sizes},
+            input_dtypes={n: str(a.dtype) for n, a in self.pool.items()},
+            outputs={b: {n: tuple(a.shape) for n, a in self.reference(b).items()} for b in sizes},
+        )
+
+    def _inspect(self, artefact: Artefact) -> Artefact:
+        """Run the format's inspector (structural checks) once; its findings join the artefact's metadata."""
+        info = FORMATS[artefact.format]
+        if not info.inspector:
+            return artefact
+        start = time.perf_counter()
+        try:
+            found = load_object(info.inspector)(artefact, self.expected())
+        except CaseError:
+            raise
+        except Exception as e:
+            raise ExportError(f"the {artefact.format} artefact {artefact.path.name} failed its structural checks: "
+                              f"{short_error(e)}") from e
+        self.timings[f"inspect_{artefact.format}_s"] = time.perf_counter() - start
+        artefact.metadata.update(found or {})
         return artefact
 
     # ---- run
@@ -201,7 +238,7 @@ class CaseRun:
         k = (fmt, backend)
         if k not in self._runners:
             artefact = self.artefact(fmt)
-            runner_cls = load_object(FORMATS[fmt].runner)
+            runner_cls = load_object(FORMATS[fmt].runner_for(backend))
             try:
                 self._runners[k] = runner_cls(artefact, backend).activate()
             except BackendUnavailable:
@@ -263,7 +300,7 @@ class Session:
             return CheckResult("skipped", f"{fmt} skipped: {', '.join(missing)} not installed; {info.install}")
         run = self.case_run(case)
         try:
-            runner_cls = load_object(info.runner)
+            runner_cls = load_object(info.runner_for(backend))
             reason = runner_cls.unavailable_reason(backend)
             if reason:
                 return CheckResult("skipped", reason)
