@@ -202,9 +202,12 @@ class Case(_Strict):
 #: convolutions) exported to ONNX measured 1.4e-5 on this stack, so 1e-5 would flag a correct export;
 #: a 1% change of one layer's weights gives 1e-3 and more. See README.
 DEFAULT_SCALE = 1e-4
-#: Default ``scale`` per artefact precision (``FormatInfo.precision``). fp16 carries about 1e-3
-#: relative error per operation; int8 artefacts are judged mainly by accuracy checks.
-DEFAULT_SCALES = {"fp32": DEFAULT_SCALE, "fp16": 5e-3, "int8": 5e-2}
+#: Default ``scale`` per artefact precision (``FormatInfo.precision``); int8 artefacts are judged mainly by
+#: accuracy checks. fp16, measured on the shipped cases (coreml_fp16 on the MIL reference evaluator, error /
+#: max|ref|): tiny_cnn 6.6e-4, layer_zoo 4.9e-4, resnet18 3.0e-3 (torch's own .half() gives 3.3e-3), so 5e-3
+#: left resnet18 a margin of 1.7x; 1e-2 gives 3x and is still 1% of the output's largest value.
+#: mobilenet_v2 (2.8e-2: BatchNorm variances down to 1.6e-5 amplify fp16 rounding) sets its own.
+DEFAULT_SCALES = {"fp32": DEFAULT_SCALE, "fp16": 1e-2, "int8": 5e-2}
 
 
 class ResolvedTolerance(BaseModel):

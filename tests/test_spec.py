@@ -196,4 +196,16 @@ def test_shipped_cases_are_valid():
 
     cases, errors = load_cases(Path(__file__).parents[1] / "cases")
     assert not errors, errors
-    assert {"tiny_cnn", "resnet18", "mobilenet_v2"} <= {c.name for c in cases}
+    assert {"tiny_cnn", "resnet18", "mobilenet_v2", "layer_zoo"} <= {c.name for c in cases}
+    for case in cases:  # every shipped case runs in all four formats, both CoreML precisions
+        assert set(case.formats) >= {"torchscript", "onnx", "tflite", "coreml", "coreml_fp16"}, case.name
+        assert set(case.backends) >= {"cpu", "cpu-ref", "mil-ref"}, case.name
+
+
+def test_backends_are_validated_and_fp16_has_its_own_default(case_dir):
+    e = _error(case_dir, SMALL_CASE.replace("backends: [cpu]", "backends: [cpu, milref]"))
+    assert e.field == "backends[1]" and "'mil-ref'" in e.problem
+    case = load_case(write_case(case_dir, "ok", SMALL_CASE.replace("formats: [torchscript, onnx]",
+                                                                   "formats: [coreml, coreml_fp16]")))
+    assert case.tolerance_for("coreml", "mil-ref", "logits").scale == DEFAULT_SCALE
+    assert case.tolerance_for("coreml_fp16", "mil-ref", "logits").scale == 1e-2
