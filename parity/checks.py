@@ -16,6 +16,7 @@ import numpy as np
 from parity.compare import OutputComparison, compare_output, compare_outputs, format_table
 from parity.engine import CaseRun, CheckResult, short_error
 from parity.golden import key
+from parity.registry import FORMATS
 from parity.latency import check_latency
 
 if TYPE_CHECKING:
@@ -87,15 +88,17 @@ def check_parity(run: CaseRun, fmt: str, backend: str, session: "Session") -> Ch
         for c in compare_outputs(expected, obtained, lambda name: case.tolerance_for(fmt, backend, name)):
             rows.append((f"b{size}", c))
     runner = run.runner(fmt, backend)
-    metrics = {"runner": runner.name, "artefact": run.artefact_info(fmt), "batch_sizes": list(case.batch_sizes)}
-    return _verdict(f"parity of {fmt}/{backend} against the eager model", rows, run, fmt, backend, metrics)
+    info = run.artefact_info(fmt)
+    metrics = {"runner": runner.name, "artefact": info, "batch_sizes": list(case.batch_sizes)}
+    notes = [*info.get("notes", []), *runner.notes]  # e.g. a layout the harness transposed
+    return _verdict(f"parity of {fmt}/{backend} against the eager model", rows, run, fmt, backend, metrics, notes)
 
 
 def _versions() -> dict:
     import importlib.metadata as md
 
     found = {"python": platform.python_version(), "numpy": np.__version__}
-    for dist in ("torch", "onnx", "onnxruntime", "onnxscript"):
+    for dist in ("torch", "onnx", "onnxruntime", "onnxscript", "litert-torch", "ai-edge-litert", "coremltools"):
         try:
             found[dist] = md.version(dist)
         except md.PackageNotFoundError:
@@ -261,7 +264,7 @@ DYNAMIC_QUANT_HINT = ("outputs depend on batch-mates: dynamic quantization compu
                       "(a property of the route, not a bug in the export; use static quantization for "
                       "batch-independent predictions)")
 #: Above this error (relative to max|output|) a batch difference is not float noise of kernel choice.
-GROSS = 1e-3
+GROSS = {"fp32": 1e-3, "fp16": 5e-2, "int8": 0.2}
 RANDOM_HINT = "outputs are random: dropout or a random op left on at inference?"
 
 
@@ -350,7 +353,7 @@ def check_batch_invariance(run: CaseRun, fmt: str, backend: str, session: "Sessi
             hint = DYNAMIC_QUANT_HINT
             if any(f.kind == "batchnorm-training" for f in _training_findings(run, fmt)):
                 hint += " Batch statistics (BatchNorm in training mode) may add to it."
-        elif max(c.scaled_error for _, c in rows) > GROSS:
+        elif max(c.scaled_error for _, c in rows) > GROSS[FORMATS[fmt].precision]:
             hint = BATCH_MATES_HINT  # far beyond what kernel choice per batch size does to fp32
         else:
             hint = BATCH_SIZE_HINT
@@ -467,7 +470,6 @@ def check_accuracy(run: CaseRun, fmt: str, backend: str, session: "Session") -> 
     collapse (near-chance agreement, one class predicted for nearly everything), and drift below
     the accuracy recorded with the golden by more than ``drift_margin`` points.
     """
-    from parity.registry import FORMATS
 
     case, acc = run.case, run.case.accuracy
     inputs, labels = run.load_data(acc.evaluation)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from parity.artefact import Artefact
+from parity.artefact import Artefact, Expected
 from parity.errors import BackendUnavailable, CaseError, ExportError, GoldenError
 from parity.golden import GoldenStore
 from parity.inputs import batch, make_pool
@@ -204,8 +204,8 @@ class CaseRun:
         """
         spec = self.case.export.get(fmt)
         if spec is not None and spec.artefact is not None:
-            return Artefact(fmt, self.case.resolve(spec.artefact), "prebuilt", list(self.case.inputs),
-                            self.output_names, {"prebuilt": True})
+            return self._inspect(Artefact(fmt, self.case.resolve(spec.artefact), "prebuilt", list(self.case.inputs),
+                                          self.output_names, {"prebuilt": True}))
         from parity.cache import export_key
 
         key = export_key(self.case, fmt)
@@ -215,13 +215,15 @@ class CaseRun:
                 data = self.cache.read_json(entry, "artefact.json")
                 metadata = {**data["metadata"], "cached": True, "cache_key": key}
                 return Artefact(fmt, entry / data["file"], data["source"], data["input_names"], data["output_names"],
-                                metadata)
+                                metadata, {int(b): entry / name for b, name in data["batch_files"].items()})
             with self.cache.writing(entry) as tmp:
                 artefact = self._export(fmt, tmp)
                 (tmp / "artefact.json").write_text(json.dumps({
                     "file": artefact.path.name, "source": artefact.source, "input_names": artefact.input_names,
-                    "output_names": artefact.output_names, "metadata": artefact.metadata}, default=str))
+                    "output_names": artefact.output_names, "metadata": artefact.metadata,
+                    "batch_files": {b: p.name for b, p in artefact.batch_paths.items()}}, default=str))
             artefact.path = entry / artefact.path.name
+            artefact.batch_paths = {b: entry / p.name for b, p in artefact.batch_paths.items()}
             artefact.metadata.update(cached=False, cache_key=key)
             return artefact
 
@@ -232,22 +234,65 @@ class CaseRun:
         input_names = list(self.case.inputs)
         from parity.model import to_torch
 
-        path = out_dir / f"model{info.suffix}"
-        start = time.perf_counter()
-        isolate = spec.isolate if spec is not None and spec.isolate is not None else info.isolate
-        if isolate:
-            from parity.isolation import export_in_child
-
-            metadata, source = export_in_child(self.case, fmt, path, spec.timeout_s if spec else 900.0)
+        if info.static_batch:  # one artefact per batch size, each traced at that batch size
+            jobs = [(size, out_dir / f"model.b{size}{info.suffix}", self.inputs(size))
+                    for size in sorted(self.case.batch_sizes)]
         else:
-            model = copy.deepcopy(self.model)  # each exporter gets a pristine model: tracing may mutate it
-            example = to_torch(self.example_inputs())
-            metadata, source = self.export_module(fmt, model, example, path, input_names, self.output_names)
-        metadata["isolated"] = bool(isolate)
+            jobs = [(None, out_dir / f"model{info.suffix}", self.example_inputs())]
+        isolate = spec.isolate if spec is not None and spec.isolate is not None else info.isolate
+        start = time.perf_counter()
+        metadata: dict = {}
+        for size, path, inputs in jobs:
+            try:
+                if isolate:
+                    from parity.isolation import export_in_child
+
+                    metadata, source = export_in_child(self.case, fmt, path, spec.timeout_s if spec else 900.0,
+                                                       size)
+                else:
+                    model = copy.deepcopy(self.model)  # each export gets a pristine model: tracing may mutate it
+                    metadata, source = self.export_module(fmt, model, to_torch(inputs), path, input_names,
+                                                          self.output_names)
+            except ExportError as e:
+                if size is None:
+                    raise
+                raise ExportError(f"{e} (batch size {size})") from e
+        metadata["isolated"] = bool(isolate)  # the largest batch's export metadata
         metadata["export_s"] = round(time.perf_counter() - start, 3)
         self.timings[f"export_{fmt}_s"] = metadata["export_s"]
-        artefact = Artefact(fmt, path, source, input_names, self.output_names, metadata)
+        batch_paths = {size: path for size, path, _ in jobs if size is not None}
+        if batch_paths:
+            metadata["batch"] = "static: one artefact per batch size"
+            metadata["artefacts"] = {f"b{size}": path.name for size, path in batch_paths.items()}
+        artefact = Artefact(fmt, jobs[-1][1], source, input_names, self.output_names, metadata, batch_paths)
         metadata["size_bytes"] = artefact.size_bytes
+        return self._inspect(artefact)
+
+    def expected(self) -> Expected:
+        """Shapes and dtypes the case gives and expects, per batch size (for structural checks)."""
+        sizes = tuple(sorted(self.case.batch_sizes))
+        return Expected(
+            batch_sizes=sizes,
+            inputs={b: {n: tuple(a.shape) for n, a in self.inputs(b).items()} for b in sizes},
+            input_dtypes={n: str(a.dtype) for n, a in self.pool.items()},
+            outputs={b: {n: tuple(a.shape) for n, a in self.reference(b).items()} for b in sizes},
+        )
+
+    def _inspect(self, artefact: Artefact) -> Artefact:
+        """Run the format's inspector (structural checks) once; its findings join the artefact's metadata."""
+        info = FORMATS[artefact.format]
+        if not info.inspector:
+            return artefact
+        start = time.perf_counter()
+        try:
+            found = load_object(info.inspector)(artefact, self.expected())
+        except CaseError:
+            raise
+        except Exception as e:
+            raise ExportError(f"the {artefact.format} artefact {artefact.path.name} failed its structural checks: "
+                              f"{short_error(e)}") from e
+        self.timings[f"inspect_{artefact.format}_s"] = time.perf_counter() - start
+        artefact.metadata.update(found or {})
         return artefact
 
     def export_module(self, fmt: str, module, example: tuple, path: Path, input_names: list[str],
@@ -317,7 +362,7 @@ class CaseRun:
         k = (fmt, backend)
         if k not in self._runners:
             artefact = self.artefact(fmt)
-            runner_cls = load_object(FORMATS[fmt].runner)
+            runner_cls = load_object(FORMATS[fmt].runner_for(backend))
             try:
                 self._runners[k] = runner_cls(artefact, backend).activate()
             except BackendUnavailable:
@@ -346,7 +391,7 @@ class CaseRun:
 
     def fresh_runner(self, fmt: str, backend: str):
         """A new, activated runner (a fresh runtime session); the caller deactivates it."""
-        runner_cls = load_object(FORMATS[fmt].runner)
+        runner_cls = load_object(FORMATS[fmt].runner_for(backend))
         return runner_cls(self.artefact(fmt), backend).activate()
 
     @property
@@ -417,7 +462,7 @@ class Session:
         run = self.case_run(case)
         try:
             if check not in BACKEND_FREE_CHECKS:
-                runner_cls = load_object(info.runner)
+                runner_cls = load_object(info.runner_for(backend))
                 reason = runner_cls.unavailable_reason(backend)
                 if reason:
                     return CheckResult("skipped", reason)

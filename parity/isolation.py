@@ -27,8 +27,9 @@ def _tail(text: str, lines: int = 12) -> str:
     return "\n".join(kept[-lines:])
 
 
-def export_in_child(case: Case, fmt: str, path: Path, timeout_s: float) -> tuple[dict, str]:
-    cmd = [sys.executable, "-m", "parity.isolation", case.path, fmt, str(path)]
+def export_in_child(case: Case, fmt: str, path: Path, timeout_s: float, batch: int | None = None) -> tuple[dict, str]:
+    """Export in a child process; `batch` is the batch size of a static-batch format's export."""
+    cmd = [sys.executable, "-m", "parity.isolation", case.path, fmt, str(path), str(batch or 0)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # its own process group: a hang is killed whole
     try:
@@ -49,7 +50,7 @@ def export_in_child(case: Case, fmt: str, path: Path, timeout_s: float) -> tuple
     return payload["metadata"], payload["source"]
 
 
-def _child(case_path: str, fmt: str, path: str) -> int:
+def _child(case_path: str, fmt: str, path: str, batch: str = "0") -> int:
     from parity.engine import CaseRun
     from parity.model import to_torch
     from parity.spec import load_case
@@ -59,7 +60,8 @@ def _child(case_path: str, fmt: str, path: str) -> int:
     case = load_case(case_path)
     run = CaseRun(case, Path(tempfile.mkdtemp(prefix="parity-isolated-")))
     try:
-        metadata, source = run.export_module(fmt, copy.deepcopy(run.model), to_torch(run.example_inputs()),
+        inputs = run.inputs(int(batch)) if int(batch) else run.example_inputs()
+        metadata, source = run.export_module(fmt, copy.deepcopy(run.model), to_torch(inputs),
                                              Path(path), list(case.inputs), run.output_names)
     except ExportError as e:
         print(str(e), file=sys.stderr)
@@ -69,4 +71,4 @@ def _child(case_path: str, fmt: str, path: str) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_child(*sys.argv[1:4]))
+    raise SystemExit(_child(*sys.argv[1:5]))

@@ -29,6 +29,13 @@ class FormatInfo:
     linter: str | None = None  # "module:function", lint(path) -> list[parity.lint.Finding] (training-mode lint)
     isolate: bool = False  # export in a child process by default (converters that can crash or hang)
     fp32: str | None = None  # for a quantized variant: the fp32 format it is compared with (size ratio)
+    runners: tuple[tuple[str, str], ...] = ()  # (backend, "module:Class") where a backend has its own runner
+    static_batch: bool = False  # the artefact has a fixed batch size: exported once per case batch size
+    inspector: str = ""  # "module:function" reading an artefact once after export: structural checks, metadata
+
+    def runner_for(self, backend: str) -> str:
+        """The runner class of `backend`: its own entry in ``runners``, else the format's ``runner``."""
+        return dict(self.runners).get(backend, self.runner)
 
 
 FORMATS: dict[str, FormatInfo] = {
@@ -105,11 +112,52 @@ FORMATS: dict[str, FormatInfo] = {
         linter="parity.lint.pt2:lint",
         fp32="pt2",
     ),
+    "tflite": FormatInfo(
+        name="tflite",
+        exporter="parity.exporters.tflite:export",
+        runner="parity.runners.tflite:LiteRTRunner",
+        suffix=".tflite",
+        backends=("cpu", "cpu-ref", "cuda"),
+        requires=("torch", "litert_torch", "ai_edge_litert"),
+        install="pip install 'parity[tflite]'",
+        exporter_options=("layout",),
+        static_batch=True,  # litert-torch exports a static batch only (dynamic batch fails, see STACK.md)
+        inspector="parity.runners.tflite:inspect",
+    ),
+    # One format per compute precision, so each has its own tolerance, golden and test ids.
+    "coreml": FormatInfo(
+        name="coreml",
+        exporter="parity.exporters.coreml:export_fp32",
+        runner="parity.runners.coreml:CoreMLRunner",
+        runners=(("mil-ref", "parity.runners.mil_ref:MilReferenceRunner"),),
+        suffix=".mlpackage",
+        backends=("mil-ref", "cpu", "gpu", "ane"),
+        requires=("torch", "coremltools"),
+        install="pip install 'parity[coreml]'",
+        exporter_options=("minimum_deployment_target",),
+        precision="fp32",
+        inspector="parity.runners.coreml:inspect",
+    ),
+    "coreml_fp16": FormatInfo(
+        name="coreml_fp16",
+        exporter="parity.exporters.coreml:export_fp16",
+        runner="parity.runners.coreml:CoreMLRunner",
+        runners=(("mil-ref", "parity.runners.mil_ref:MilReferenceRunner"),),
+        suffix=".mlpackage",
+        backends=("mil-ref", "cpu", "gpu", "ane"),
+        requires=("torch", "coremltools"),
+        install="pip install 'parity[coreml]'",
+        exporter_options=("minimum_deployment_target",),
+        precision="fp16",
+        inspector="parity.runners.coreml:inspect",
+    ),
 }
 
 #: Every backend name a case may list. A (format, backend) pair is tested when the format lists the
 #: backend in its ``backends``; a listed backend that cannot run here is skipped with the reason.
-BACKENDS: tuple[str, ...] = ("cpu", "cuda")
+#: ``cpu-ref``: LiteRT's reference kernels; ``mil-ref``: parity's MIL reference evaluator (CoreML numerics
+#: without macOS); ``gpu`` and ``ane``: the Core ML runtime's CPU_AND_GPU and ALL compute units.
+BACKENDS: tuple[str, ...] = ("cpu", "cuda", "cpu-ref", "mil-ref", "gpu", "ane")
 
 #: Checks, in the order they run for a target.
 CHECKS: tuple[str, ...] = ("parity", "golden", "batch_invariance", "determinism", "lint", "accuracy", "latency")

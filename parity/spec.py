@@ -274,8 +274,12 @@ class Case(_Strict):
         set_ = {k: v for k, v in self.batch_invariance.model_dump().items() if v is not None}
         explicit = "atol" in set_ or "rtol" in set_
         precision = FORMATS[fmt].precision if fmt in FORMATS else "fp32"
+        default = INVARIANCE_SCALES[precision]
+        per_format = self.tolerance.formats.get(fmt)
+        if per_format is not None and per_format.scale is not None:
+            default = max(default, per_format.scale)  # a format the case declares noisier is noisier per batch too
         return ResolvedTolerance(atol=set_.get("atol", 0.0), rtol=set_.get("rtol", 0.0),
-                                 scale=set_.get("scale", 0.0 if explicit else INVARIANCE_SCALES[precision]),
+                                 scale=set_.get("scale", 0.0 if explicit else default),
                                  allow_vacuous=set_.get("allow_vacuous", False))
 
     def determinism_tolerance(self, backend: str) -> Optional["ResolvedTolerance"]:
@@ -312,14 +316,17 @@ class Case(_Strict):
 #: convolutions) exported to ONNX measured 1.4e-5 on this stack, so 1e-5 would flag a correct export;
 #: a 1% change of one layer's weights gives 1e-3 and more. See README.
 DEFAULT_SCALE = 1e-4
-#: Default ``scale`` per artefact precision (``FormatInfo.precision``). fp16 carries about 1e-3
-#: relative error per operation; int8 artefacts are judged mainly by accuracy checks.
-DEFAULT_SCALES = {"fp32": DEFAULT_SCALE, "fp16": 5e-3, "int8": 5e-2}
+#: Default ``scale`` per artefact precision (``FormatInfo.precision``); int8 artefacts are judged mainly by
+#: accuracy checks. fp16, measured on the shipped cases (coreml_fp16 on the MIL reference evaluator, error /
+#: max|ref|): tiny_cnn 6.6e-4, layer_zoo 4.9e-4, resnet18 3.0e-3 (torch's own .half() gives 3.3e-3), so 5e-3
+#: left resnet18 a margin of 1.7x; 1e-2 gives 3x and is still 1% of the output's largest value.
+#: mobilenet_v2 (2.8e-2: BatchNorm variances down to 1.6e-5 amplify fp16 rounding) sets its own.
+DEFAULT_SCALES = {"fp32": DEFAULT_SCALE, "fp16": 1e-2, "int8": 5e-2}
 #: Batch-size invariance: the same sample alone and inside a batch should agree to float noise.
 #: Not tighter than parity: mobilenet_v2 in TorchScript on CPU measured 1.1e-5 of max|output| between
 #: batch 1 and batch 2 (oneDNN picks other kernels per batch size), while BatchNorm in training mode
 #: moves outputs by 0.6 of max|output| and a batch-mean coupling by far more than 1e-4.
-INVARIANCE_SCALES = {"fp32": 1e-4, "fp16": 5e-3, "int8": 5e-2}
+INVARIANCE_SCALES = {"fp32": 1e-4, "fp16": 1e-2, "int8": 5e-2}
 #: Learned drift thresholds: the golden check fails when a target's error against the reference
 #: (relative to max|reference|) exceeds max(drift_factor x the error recorded with the golden, floor).
 #: The floor, about 8 machine epsilons, keeps an exact recording (error 0) from failing on float noise.

@@ -140,7 +140,7 @@ def triage(run: CaseRun, fmt: str, backend: str, workdir: Optional[Path] = None)
     inputs = tuple(torch.from_numpy(a) for a in run.example_inputs().values())
     records = _record(run.eager, inputs)
     as_returned = dict(run.model.named_modules())
-    runner_cls = load_object(FORMATS[fmt].runner)
+    runner_cls = load_object(FORMATS[fmt].runner_for(backend))
     findings = {f.where: f for f in run.model_findings}
 
     def check(path: str) -> ModuleRow:
@@ -159,7 +159,10 @@ def triage(run: CaseRun, fmt: str, backend: str, workdir: Optional[Path] = None)
             runner = runner_cls(Artefact(fmt, target, "triage", names_in, names_out), backend).activate()
             feeds = {n: t.detach().cpu().numpy() for n, t in zip(names_in, tensors_in)}
             obtained = dict(zip(names_out, runner.infer(feeds)))
-            alone = dict(zip(names_out, runner.infer({n: a[:1] for n, a in feeds.items()})))
+            try:  # a static-batch artefact (TFLite) may not run a lone sample: then batch dependence is unknown
+                alone = dict(zip(names_out, runner.infer({n: a[:1] for n, a in feeds.items()})))
+            except Exception:
+                alone = None
             runner.deactivate()
         except ExportError as e:
             return ModuleRow(path, op, "error", detail=str(e).splitlines()[0][:200])
@@ -172,10 +175,11 @@ def triage(run: CaseRun, fmt: str, backend: str, workdir: Optional[Path] = None)
         failed = [c for c in rows if not c.passed and not c.vacuous]
         row = ModuleRow(path, op, "fail" if failed else "pass", max_abs=worst.max_abs, rel_error=worst.scaled_error,
                         cosine=min(c.cosine for c in rows), detail=failed[0].problem if failed else "")
-        batch_rows = compare_outputs({n: a[:1] for n, a in obtained.items() if a.ndim and a.shape[0] == size},
-                                     {n: a for n, a in alone.items() if n in obtained and obtained[n].ndim
-                                      and obtained[n].shape[0] == size}, lambda n: tol)
-        row.batch_dependent = any(not c.passed and not c.vacuous for c in batch_rows)
+        if alone is not None:
+            batch_rows = compare_outputs({n: a[:1] for n, a in obtained.items() if a.ndim and a.shape[0] == size},
+                                         {n: a for n, a in alone.items() if n in obtained and obtained[n].ndim
+                                          and obtained[n].shape[0] == size}, lambda n: tol)
+            row.batch_dependent = any(not c.passed and not c.vacuous for c in batch_rows)
         return row
 
     def children(parent: str) -> list[str]:

@@ -95,3 +95,39 @@ class DigitsCNN(nn.Module):
 def digits_cnn(width: int = 16) -> nn.Module:
     """DigitsCNN in eval mode (load the trained weights through the case's model.weights)."""
     return DigitsCNN(width).eval()
+
+
+class LayerZoo(nn.Module):
+    """One of each layer the seed's layer zoo exercises, in a small image classifier.
+
+    Depthwise-separable convolution, a dilated grouped convolution, max pooling and a strided
+    convolution (down), a transposed convolution (kernel 4, stride 2) and a bilinear upsample
+    followed by a 3x3 convolution (up), global average pooling, flatten and a linear layer.
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 8) -> None:
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        self.separable = nn.Sequential(
+            nn.Conv2d(w, w, 3, padding=1, groups=w, bias=False), nn.BatchNorm2d(w), nn.ReLU6(),  # depthwise
+            nn.Conv2d(w, 2 * w, 1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(),  # pointwise
+        )
+        self.dilated = nn.Sequential(nn.Conv2d(2 * w, 2 * w, 3, padding=2, dilation=2, groups=2), nn.ReLU())
+        self.down = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.ReLU())
+        self.up = nn.Sequential(
+            nn.ConvTranspose2d(4 * w, 2 * w, 4, stride=2, padding=1), nn.ReLU(),
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(2 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.up(self.down(self.dilated(self.separable(self.stem(x)))))
+        return self.classifier(torch.flatten(self.pool(x), 1))
+
+
+def layer_zoo(in_channels: int = 3, num_classes: int = 10, width: int = 8, size: int = 32) -> nn.Module:
+    """LayerZoo with settled BatchNorm statistics, in eval mode."""
+    return settle_batchnorm(LayerZoo(in_channels, num_classes, width), (in_channels, size, size))

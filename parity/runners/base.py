@@ -25,6 +25,8 @@ class Runner:
         self.artefact = artefact
         self.backend = backend
         self.active = False
+        #: facts worth a line in the report (e.g. a layout the runner transposed)
+        self.notes: list[str] = []
 
     @classmethod
     def unavailable_reason(cls, backend: str) -> Optional[str]:

@@ -1,0 +1,773 @@
+"""Kernels of the MIL reference evaluator: one function per MIL op type, on torch CPU tensors.
+
+Each kernel takes the op's inputs (an ``_Args``) and returns its result(s). The evaluator rounds a
+floating-point result to the dtype the program declares for it (fp16 in an fp16 program), so every
+intermediate tensor is stored in the program's precision; inside one op, sums accumulate in fp32.
+Semantics follow coremltools' op documentation (``coremltools.converters.mil.mil.ops.defs``);
+where it leaves a variant's semantics open (fractional nearest-neighbour scales, ``same`` padding of a
+transposed convolution, vector palettization...) the kernel raises :class:`UnsupportedOpError`
+rather than guess.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+KERNELS: dict[str, Callable] = {}
+
+_DTYPES = {"fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64, "int8": torch.int8,
+           "uint8": torch.uint8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64,
+           "bool": torch.bool}
+
+
+class UnsupportedOpError(NotImplementedError):
+    """The evaluator has no kernel for an op, or refuses a variant whose semantics it cannot reproduce."""
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a MIL dtype name (fp16, fp32, int32, bool, ...)."""
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise UnsupportedOpError(f"MIL dtype {name!r} has no torch equivalent here") from None
+
+
+def kernel(*names: str):
+    """Register the decorated function as the kernel of each MIL op type in `names`."""
+
+    def register(fn):
+        for name in names:
+            KERNELS[name] = fn
+        return fn
+
+    return register
+
+
+def _f(x: torch.Tensor) -> torch.Tensor:
+    """Float tensors in fp32 for computing (results are rounded back to the program's dtype)."""
+    return x.float() if x.is_floating_point() and x.dtype != torch.float64 else x
+
+
+def _axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+# --------------------------------------------------------------------------- const-like
+
+
+@kernel("const")
+def _const(a):  # the evaluator reads const values itself; listed so that "const" counts as supported
+    raise AssertionError("const ops are not evaluated by a kernel")
+
+
+@kernel("identity")
+def _identity(a):
+    return a.tensor("x").clone()
+
+
+@kernel("constexpr_affine_dequantize")
+def _affine_dequantize(a):
+    q = a.tensor("quantized_data")
+    scale, zero_point, axis = a.tensor("scale"), a.tensor("zero_point"), a.int("axis")
+    shape = [1] * q.dim()
+    if scale.dim() == 1 and scale.numel() > 1:
+        shape[_axis(axis, q.dim())] = -1
+    zp = zero_point.to(torch.float32).reshape(shape if zero_point.numel() > 1 else [1] * q.dim())
+    out = (q.to(torch.float32) - zp) * scale.to(torch.float32).reshape(shape if scale.numel() > 1 else [1] * q.dim())
+    return out.to(scale.dtype)
+
+
+def _repeat_blocks(t: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """Repeat each element of `t` over its block so that it has `shape` (block = shape // t.shape)."""
+    for axis, (full, part) in enumerate(zip(shape, t.shape)):
+        if full % part:
+            raise ValueError(f"dimension {axis}: {full} is not a multiple of {part}")
+        if full != part:
+            t = t.repeat_interleave(full // part, dim=axis)
+    return t
+
+
+@kernel("constexpr_blockwise_shift_scale")
+def _blockwise_shift_scale(a):
+    data, scale, offset = a.tensor("data"), a.tensor("scale"), a.tensor("offset")
+    out = data.to(torch.float32)
+    if offset is not None:
+        out = out - _repeat_blocks(offset.to(torch.float32), tuple(data.shape))
+    return (out * _repeat_blocks(scale.to(torch.float32), tuple(data.shape))).to(scale.dtype)
+
+
+@kernel("constexpr_lut_to_dense")
+def _lut_to_dense(a):
+    lut = a.tensor("lut")
+    if a.opset() == "iOS16":  # indices packed LSB-first in uint8, one flat LUT
+        shape = a.ints("shape")
+        count = int(np.prod(shape))
+        nbits = int(round(math.log2(lut.numel())))
+        packed = a.tensor("indices").numpy().astype(np.uint8)
+        bits = np.unpackbits(packed, bitorder="little")[: count * nbits].reshape(count, nbits)
+        indices = (bits.astype(np.int64) << np.arange(nbits)).sum(axis=1)
+        return lut.reshape(-1)[torch.from_numpy(indices)].reshape(shape)
+    indices = a.tensor("indices").to(torch.int64)
+    if lut.shape[-1] != 1:
+        raise UnsupportedOpError(f"vector palettization (vector size {lut.shape[-1]}) is not supported")
+    per_block = lut[..., 0]  # [*blocks, num_entries]
+    full = _repeat_blocks(per_block, (*indices.shape, per_block.shape[-1]))
+    return torch.gather(full, -1, indices.unsqueeze(-1)).squeeze(-1)
+
+
+@kernel("constexpr_cast")
+def _constexpr_cast(a):
+    return a.tensor("source_val").to(torch_dtype(a.str("output_dtype")))
+
+
+@kernel("dequantize")
+def _dequantize(a):
+    x, scale, zero_point, axis = a.tensor("input"), a.tensor("scale"), a.tensor("zero_point"), a.int("axis")
+    shape = [1] * x.dim()
+    if scale.numel() > 1:
+        shape[_axis(axis, x.dim())] = -1
+    out = x.to(torch.float32)
+    if zero_point is not None:
+        out = out - zero_point.to(torch.float32).reshape(shape)
+    return (out * scale.to(torch.float32).reshape(shape)).to(scale.dtype)
+
+
+# --------------------------------------------------------------------------- elementwise
+
+_BINARY = {
+    "add": torch.add, "sub": torch.sub, "mul": torch.mul, "maximum": torch.maximum, "minimum": torch.minimum,
+    "pow": torch.pow, "mod": torch.remainder, "floor_div": lambda x, y: torch.div(x, y, rounding_mode="floor"),
+    "real_div": torch.true_divide,
+    "equal": torch.eq, "not_equal": torch.ne, "less": torch.lt, "less_equal": torch.le, "greater": torch.gt,
+    "greater_equal": torch.ge, "logical_and": torch.logical_and, "logical_or": torch.logical_or,
+    "logical_xor": torch.logical_xor,
+}
+
+
+@kernel(*_BINARY)
+def _binary(a):
+    x, y = a.tensor("x"), a.tensor("y")
+    if a.op.op_type == "real_div" and not x.is_floating_point():
+        raise UnsupportedOpError("real_div of integer tensors: Core ML's rounding of the result is not documented")
+    return _BINARY[a.op.op_type](_f(x), _f(y))
+
+
+_UNARY = {
+    "abs": torch.abs, "acos": torch.acos, "asin": torch.asin, "atan": torch.atan, "atanh": torch.atanh,
+    "ceil": torch.ceil, "cos": torch.cos, "cosh": torch.cosh, "erf": torch.erf, "exp": torch.exp,
+    "exp2": torch.exp2, "floor": torch.floor, "sign": torch.sign, "sin": torch.sin, "sinh": torch.sinh,
+    "sqrt": torch.sqrt, "square": torch.square, "tan": torch.tan, "tanh": torch.tanh,
+    "round": torch.round,  # half to even: MIL documents 0.5 -> 0
+    "logical_not": torch.logical_not, "relu": torch.relu, "relu6": lambda x: torch.clamp(x, 0.0, 6.0),
+    "sigmoid": torch.sigmoid, "softplus": F.softplus, "softsign": F.softsign, "silu": F.silu,
+}
+
+
+@kernel(*_UNARY)
+def _unary(a):
+    return _UNARY[a.op.op_type](_f(a.tensor("x")))
+
+
+@kernel("inverse")
+def _inverse(a):
+    return 1.0 / (_f(a.tensor("x")) + a.float("epsilon"))
+
+
+@kernel("log")
+def _log(a):
+    return torch.log(_f(a.tensor("x")) + a.float("epsilon"))
+
+
+@kernel("rsqrt")
+def _rsqrt(a):
+    return torch.rsqrt(_f(a.tensor("x")) + a.float("epsilon"))
+
+
+@kernel("threshold")
+def _threshold(a):
+    x = _f(a.tensor("x"))
+    return torch.maximum(x, torch.tensor(a.float("alpha"), dtype=x.dtype))
+
+
+@kernel("clip")
+def _clip(a):
+    return torch.clamp(_f(a.tensor("x")), a.float("alpha"), a.float("beta"))
+
+
+@kernel("cast")
+def _cast(a):
+    return a.tensor("x").to(torch_dtype(a.str("dtype")))
+
+
+@kernel("leaky_relu")
+def _leaky_relu(a):
+    return F.leaky_relu(_f(a.tensor("x")), a.float("alpha"))
+
+
+@kernel("elu")
+def _elu(a):
+    return F.elu(_f(a.tensor("x")), a.float("alpha"))
+
+
+@kernel("gelu")
+def _gelu(a):
+    x, mode = _f(a.tensor("x")), a.str("mode") or "EXACT"
+    if mode == "EXACT":
+        return F.gelu(x)
+    if mode == "TANH_APPROXIMATION":
+        return F.gelu(x, approximate="tanh")
+    if mode == "SIGMOID_APPROXIMATION":
+        return x * torch.sigmoid(1.702 * x)
+    raise UnsupportedOpError(f"gelu mode {mode!r}")
+
+
+@kernel("sigmoid_hard")
+def _sigmoid_hard(a):
+    return torch.clamp(a.float("alpha") * _f(a.tensor("x")) + a.float("beta"), 0.0, 1.0)
+
+
+@kernel("clamped_relu")
+def _clamped_relu(a):
+    x = _f(a.tensor("x"))
+    return torch.clamp(torch.where(x >= 0, x, a.float("alpha") * x), max=a.float("beta"))
+
+
+@kernel("scaled_tanh")
+def _scaled_tanh(a):
+    return a.float("alpha") * torch.tanh(a.float("beta") * _f(a.tensor("x")))
+
+
+@kernel("linear_activation")
+def _linear_activation(a):
+    return a.float("alpha") * _f(a.tensor("x")) + a.float("beta")
+
+
+@kernel("thresholded_relu")
+def _thresholded_relu(a):
+    x = _f(a.tensor("x"))
+    return torch.where(x >= a.float("alpha"), x, torch.zeros_like(x))
+
+
+@kernel("prelu")
+def _prelu(a):
+    x, alpha = _f(a.tensor("x")), _f(a.tensor("alpha"))
+    return torch.where(x > 0, x, x * alpha.reshape(1, -1, *([1] * (x.dim() - 2))))
+
+
+@kernel("softmax")
+def _softmax(a):
+    return torch.softmax(_f(a.tensor("x")), dim=a.int("axis"))
+
+
+@kernel("select")
+def _select(a):
+    return torch.where(a.tensor("cond").to(torch.bool), _f(a.tensor("a")), _f(a.tensor("b")))
+
+
+# --------------------------------------------------------------------------- linear algebra
+
+
+@kernel("linear")
+def _linear(a):
+    x = a.tensor("x")
+    bias = a.tensor("bias")
+    if not x.is_floating_point():
+        raise UnsupportedOpError("integer linear")
+    return F.linear(_f(x), _f(a.tensor("weight")), None if bias is None else _f(bias))
+
+
+@kernel("matmul")
+def _matmul(a):
+    x, y = _f(a.tensor("x")), _f(a.tensor("y"))
+    if a.bool("transpose_x") and x.dim() >= 2:
+        x = x.transpose(-1, -2)
+    if a.bool("transpose_y") and y.dim() >= 2:
+        y = y.transpose(-1, -2)
+    return torch.matmul(x, y)
+
+
+# --------------------------------------------------------------------------- convolution and pooling
+
+
+def _padding(a, spatial: list[int], kernel_sizes: list[int], strides: list[int],
+             dilations: list[int]) -> tuple[list[int], list[int]]:
+    """(before, after) padding per spatial dimension for pad_type valid, custom, same or same_lower."""
+    pad_type = a.str("pad_type") or "valid"
+    n = len(spatial)
+    if pad_type == "valid":
+        return [0] * n, [0] * n
+    if pad_type == "custom":
+        pad = a.ints("pad") or [0] * (2 * n)
+        return pad[0::2], pad[1::2]
+    if pad_type in ("same", "same_lower"):
+        before, after = [], []
+        for size, k, s, d in zip(spatial, kernel_sizes, strides, dilations):
+            total = max(0, (math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size)
+            small, large = total // 2, total - total // 2
+            before.append(small if pad_type == "same" else large)
+            after.append(large if pad_type == "same" else small)
+        return before, after
+    raise UnsupportedOpError(f"pad_type {pad_type!r}")
+
+
+def _pad_spatial(x: torch.Tensor, before: list[int], after: list[int], value: float = 0.0) -> torch.Tensor:
+    pairs = []
+    for b, e in zip(reversed(before), reversed(after)):  # F.pad takes the last dimension first
+        pairs += [b, e]
+    return F.pad(x, pairs, value=value) if any(pairs) else x
+
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+@kernel("conv")
+def _conv(a):
+    x, weight, bias = _f(a.tensor("x")), _f(a.tensor("weight")), a.tensor("bias")
+    n = x.dim() - 2
+    strides = a.ints("strides") or [1] * n
+    dilations = a.ints("dilations") or [1] * n
+    before, after = _padding(a, list(x.shape[2:]), list(weight.shape[2:]), strides, dilations)
+    x = _pad_spatial(x, before, after)
+    return _CONV[n](x, weight, None if bias is None else _f(bias), stride=strides, dilation=dilations,
+                    groups=a.int("groups") or 1)
+
+
+@kernel("conv_transpose")
+def _conv_transpose(a):
+    x, weight, bias = _f(a.tensor("x")), _f(a.tensor("weight")), a.tensor("bias")
+    n = x.dim() - 2
+    strides = a.ints("strides") or [1] * n
+    dilations = a.ints("dilations") or [1] * n
+    pad_type = a.str("pad_type") or "valid"
+    if pad_type == "custom":
+        pad = a.ints("pad") or [0] * (2 * n)
+        before, after = pad[0::2], pad[1::2]
+    elif pad_type == "valid":
+        before, after = [0] * n, [0] * n
+    else:
+        raise UnsupportedOpError(f"conv_transpose with pad_type {pad_type!r}: how Core ML splits the crop is not "
+                                 "documented")
+    full = _CONV_T[n](x, weight, None, stride=strides, dilation=dilations, groups=a.int("groups") or 1)
+    sizes = [f - b - e for f, b, e in zip(full.shape[2:], before, after)]
+    output_shape = a.ints("output_shape")
+    if output_shape is not None:
+        sizes = output_shape[-n:]
+    out = full
+    for axis, (start, size) in enumerate(zip(before, sizes), start=2):
+        available = out.shape[axis] - start
+        if size > available:  # positions no input reaches (torch's output_padding): only the bias lands there
+            pad = [0, 0] * (out.dim() - axis - 1) + [0, size - available]
+            out = F.pad(out, pad)
+        out = out.narrow(axis, start, size)
+    if bias is not None:
+        out = out + _f(bias).reshape(1, -1, *([1] * n))
+    return out
+
+
+def _pool_geometry(a, x: torch.Tensor):
+    n = x.dim() - 2
+    kernel_sizes = a.ints("kernel_sizes")
+    strides = a.ints("strides") or [1] * n
+    before, after = _padding(a, list(x.shape[2:]), kernel_sizes, strides, [1] * n)
+    return n, kernel_sizes, strides, before, after, bool(a.bool("ceil_mode"))
+
+
+_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+
+
+@kernel("max_pool")
+def _max_pool(a):
+    x = _f(a.tensor("x"))
+    n, k, s, before, after, ceil = _pool_geometry(a, x)
+    return _MAX_POOL[n](_pad_spatial(x, before, after, -math.inf), k, s, padding=0, ceil_mode=ceil)
+
+
+def _window_mean(x: torch.Tensor, n: int, k, s, ceil: bool) -> torch.Tensor:
+    # With padding=0, windows that overhang the end (ceil_mode) are clipped, and torch divides by the
+    # clipped window's size; ratios of two such means cancel that divisor.
+    return _AVG_POOL[n](x, k, s, padding=0, ceil_mode=ceil, count_include_pad=True)
+
+
+@kernel("avg_pool")
+def _avg_pool(a):
+    x = _f(a.tensor("x"))
+    n, k, s, before, after, ceil = _pool_geometry(a, x)
+    mean = _window_mean(_pad_spatial(x, before, after), n, k, s, ceil)
+    if not a.bool("exclude_padding_from_average"):
+        return mean
+    real = _window_mean(_pad_spatial(torch.ones_like(x[:1, :1]), before, after), n, k, s, ceil)
+    return mean / real
+
+
+@kernel("l2_pool")
+def _l2_pool(a):
+    x = _f(a.tensor("x"))
+    n, k, s, before, after, ceil = _pool_geometry(a, x)
+    sums = _window_mean(_pad_spatial(x * x, before, after), n, k, s, ceil)
+    ones = _window_mean(_pad_spatial(torch.ones_like(x[:1, :1]), before, after, 1.0), n, k, s, ceil)
+    return torch.sqrt(sums / ones * float(np.prod(k)))
+
+
+# --------------------------------------------------------------------------- normalization
+
+
+def _channel(t: torch.Tensor, rank: int) -> torch.Tensor:
+    return _f(t).reshape(1, -1, *([1] * (rank - 2)))
+
+
+@kernel("batch_norm")
+def _batch_norm(a):
+    x = _f(a.tensor("x"))
+    out = (x - _channel(a.tensor("mean"), x.dim())) / torch.sqrt(_channel(a.tensor("variance"), x.dim())
+                                                                  + a.float("epsilon"))
+    if a.has("gamma"):
+        out = out * _channel(a.tensor("gamma"), x.dim())
+    if a.has("beta"):
+        out = out + _channel(a.tensor("beta"), x.dim())
+    return out
+
+
+def _normalize(x: torch.Tensor, dims: list[int], eps: float) -> torch.Tensor:
+    mean = x.mean(dim=dims, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=dims, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps)
+
+
+@kernel("instance_norm")
+def _instance_norm(a):
+    x = _f(a.tensor("x"))
+    out = _normalize(x, list(range(2, x.dim())), a.float("epsilon"))
+    if a.has("gamma"):
+        out = out * _channel(a.tensor("gamma"), x.dim())
+    if a.has("beta"):
+        out = out + _channel(a.tensor("beta"), x.dim())
+    return out
+
+
+@kernel("layer_norm")
+def _layer_norm(a):
+    x = _f(a.tensor("x"))
+    axes = a.ints("axes")
+    axes = list(range(x.dim())) if axes is None else [_axis(v, x.dim()) for v in axes]
+    if axes != sorted(axes):
+        raise UnsupportedOpError(f"layer_norm with unsorted axes {axes}")
+    out = _normalize(x, axes, a.float("epsilon"))
+    shape = [x.shape[i] if i in axes else 1 for i in range(x.dim())]
+    if a.has("gamma"):
+        out = out * _f(a.tensor("gamma")).reshape(shape)
+    if a.has("beta"):
+        out = out + _f(a.tensor("beta")).reshape(shape)
+    return out
+
+
+@kernel("l2_norm")
+def _l2_norm(a):
+    x = _f(a.tensor("x"))
+    dims = list(range(x.dim() - 3, x.dim()))
+    return x / torch.sqrt((x * x).sum(dim=dims, keepdim=True) + a.float("epsilon"))
+
+
+# --------------------------------------------------------------------------- reductions
+
+_REDUCE = {
+    "reduce_mean": lambda x, d: x.mean(dim=d, keepdim=True),
+    "reduce_sum": lambda x, d: x.sum(dim=d, keepdim=True),
+    "reduce_max": lambda x, d: x.amax(dim=d, keepdim=True),
+    "reduce_min": lambda x, d: x.amin(dim=d, keepdim=True),
+    "reduce_sum_square": lambda x, d: (x * x).sum(dim=d, keepdim=True),
+    "reduce_l1_norm": lambda x, d: x.abs().sum(dim=d, keepdim=True),
+    "reduce_l2_norm": lambda x, d: torch.sqrt((x * x).sum(dim=d, keepdim=True)),
+    "reduce_log_sum": lambda x, d: torch.log(x.sum(dim=d, keepdim=True)),
+    "reduce_log_sum_exp": lambda x, d: torch.logsumexp(x, dim=d, keepdim=True),
+    "reduce_prod": None,
+}
+
+
+@kernel(*_REDUCE)
+def _reduce(a):
+    x = _f(a.tensor("x"))
+    axes = a.ints("axes")
+    dims = list(range(x.dim())) if axes is None else sorted(_axis(v, x.dim()) for v in axes)
+    if a.op.op_type == "reduce_prod":
+        out = x
+        for d in dims:
+            out = out.prod(dim=d, keepdim=True)
+    else:
+        out = _REDUCE[a.op.op_type](x, dims)
+    if not a.bool("keep_dims"):
+        for d in reversed(dims):
+            out = out.squeeze(d)
+    return out
+
+
+@kernel("reduce_argmax", "reduce_argmin")
+def _reduce_arg(a):
+    x = _f(a.tensor("x"))
+    axis = _axis(a.int("axis") if a.has("axis") else -1, x.dim())
+    fn = torch.argmax if a.op.op_type == "reduce_argmax" else torch.argmin
+    return fn(x, dim=axis, keepdim=bool(a.bool("keep_dims"))).to(a.out_dtype())
+
+
+# --------------------------------------------------------------------------- image resizing
+
+
+def _interpolate_axis(x: torch.Tensor, axis: int, grid: np.ndarray) -> torch.Tensor:
+    """Linear interpolation of `x` along `axis` at (fractional) positions `grid`, clipped to the input."""
+    size = x.shape[axis]
+    grid = np.clip(grid, 0.0, size - 1)
+    low = np.floor(grid).astype(np.int64)
+    high = np.minimum(low + 1, size - 1)
+    weight = torch.from_numpy((grid - low).astype(np.float32))
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    weight = weight.reshape(shape)
+    return (x.index_select(axis, torch.from_numpy(low)) * (1 - weight)
+            + x.index_select(axis, torch.from_numpy(high)) * weight)
+
+
+def _bilinear_grid(size_in: int, size_out: int, mode: str) -> np.ndarray:
+    """Sample positions per coremltools' documented sampling modes (resize_bilinear's names)."""
+    i = np.arange(size_out, dtype=np.float64)
+    if mode in ("STRICT_ALIGN_CORNERS", "ALIGN_CORNERS"):
+        if size_out == 1:
+            return np.array([(size_in - 1) / 2.0 if mode == "ALIGN_CORNERS" else 0.0])
+        return i * (size_in - 1) / (size_out - 1)
+    if mode == "DEFAULT":
+        if size_out == 1:
+            return np.zeros(1)
+        return i * (size_in - size_in / size_out) / (size_out - 1)
+    if mode == "OFFSET_CORNERS":
+        delta = max(1, size_in - 1) / size_out
+        return 0.5 * delta + i * delta
+    if mode == "UNALIGN_CORNERS":  # half-pixel centres
+        spacing = size_in / size_out
+        return i * spacing + 0.5 * spacing - 0.5
+    if mode == "ASYMMETRIC":  # TF's legacy resize (neither aligned corners nor half-pixel centres)
+        return i * size_in / size_out
+    raise UnsupportedOpError(f"sampling mode {mode!r}")
+
+
+def _bilinear(x: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
+    x = _f(x)
+    x = _interpolate_axis(x, x.dim() - 2, _bilinear_grid(x.shape[-2], height, mode))
+    return _interpolate_axis(x, x.dim() - 1, _bilinear_grid(x.shape[-1], width, mode))
+
+
+@kernel("upsample_bilinear")
+def _upsample_bilinear(a):
+    x = a.tensor("x")
+    sh, sw = a.float("scale_factor_height") or 1.0, a.float("scale_factor_width") or 1.0
+    align = a.bool("align_corners")
+    align = True if align is None else align
+    half_pixel = a.bool("half_pixel_centers") if a.has("half_pixel_centers") else not align
+    if align and half_pixel:
+        raise UnsupportedOpError("align_corners and half_pixel_centers both true")
+    mode = "STRICT_ALIGN_CORNERS" if align else ("UNALIGN_CORNERS" if half_pixel else "ASYMMETRIC")
+    return _bilinear(x, math.floor(x.shape[-2] * sh), math.floor(x.shape[-1] * sw), mode)
+
+
+@kernel("resize_bilinear")
+def _resize_bilinear(a):
+    return _bilinear(a.tensor("x"), a.int("target_size_height"), a.int("target_size_width"),
+                     a.str("sampling_mode") or "DEFAULT")
+
+
+def _nearest_integer(x: torch.Tensor, fh: float, fw: float) -> torch.Tensor:
+    if fh != int(fh) or fw != int(fw) or fh < 1 or fw < 1:
+        raise UnsupportedOpError(f"nearest-neighbour resize by non-integer factors ({fh:g}, {fw:g}): Core ML's "
+                                 "sample positions are not documented")
+    return x.repeat_interleave(int(fh), dim=-2).repeat_interleave(int(fw), dim=-1)
+
+
+@kernel("upsample_nearest_neighbor")
+def _upsample_nearest(a):
+    return _nearest_integer(a.tensor("x"), a.float("scale_factor_height") or 1.0,
+                            a.float("scale_factor_width") or 1.0)
+
+
+@kernel("resize_nearest_neighbor")
+def _resize_nearest(a):
+    x = a.tensor("x")
+    return _nearest_integer(x, a.int("target_size_height") / x.shape[-2], a.int("target_size_width") / x.shape[-1])
+
+
+# --------------------------------------------------------------------------- tensor transformations
+
+
+@kernel("reshape")
+def _reshape(a):
+    x = a.tensor("x")
+    shape = a.ints("shape")
+    if 0 in shape:
+        if a.opset() in ("iOS15", "iOS16"):  # 0 copies the same dimension of x (len(shape) == rank)
+            shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+        else:  # iOS17+: a 0 copies the dimension of x at the same position counted from the right
+            offset = x.dim() - len(shape)
+            shape = [(x.shape[i + offset] if 0 <= i + offset < x.dim() else 1) if s == 0 else s
+                     for i, s in enumerate(shape)]
+    return x.reshape(shape)
+
+
+@kernel("transpose")
+def _transpose(a):
+    return a.tensor("x").permute(a.ints("perm")).contiguous()
+
+
+@kernel("squeeze")
+def _squeeze(a):
+    x = a.tensor("x")
+    axes = a.ints("axes")
+    if axes is None:
+        return x.squeeze()
+    out = x
+    for d in sorted((_axis(v, x.dim()) for v in axes), reverse=True):
+        out = out.squeeze(d)
+    return out
+
+
+@kernel("expand_dims")
+def _expand_dims(a):
+    x = a.tensor("x")
+    axes = a.ints("axes")
+    rank = x.dim() + len(axes)
+    out = x
+    for d in sorted(v + rank if v < 0 else v for v in axes):
+        out = out.unsqueeze(d)
+    return out
+
+
+@kernel("flatten2d")
+def _flatten2d(a):
+    x = a.tensor("x")
+    axis = _axis(a.int("axis") if a.has("axis") else 1, x.dim())
+    return x.reshape(int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:])))
+
+
+@kernel("slice_by_index")
+def _slice_by_index(a):
+    x = a.tensor("x")
+    rank = x.dim()
+    begin, end = a.ints("begin"), a.ints("end")
+    stride = a.ints("stride") or [1] * rank
+    begin_mask = a.bools("begin_mask") or [False] * rank
+    end_mask = a.bools("end_mask") or [False] * rank
+    squeeze_mask = a.bools("squeeze_mask") or [False] * rank
+    index = []
+    for d in range(rank):
+        if squeeze_mask[d]:
+            index.append(begin[d])
+        else:
+            index.append(slice(None if begin_mask[d] else begin[d], None if end_mask[d] else end[d], stride[d]))
+    out = x.numpy()[tuple(index)]  # NumPy: negative strides and indices as in MIL
+    return torch.from_numpy(np.ascontiguousarray(out))
+
+
+@kernel("slice_by_size")
+def _slice_by_size(a):
+    x = a.tensor("x")
+    begin, size = a.ints("begin"), a.ints("size")
+    index = tuple(slice(_axis(b, n), None if s == -1 else _axis(b, n) + s) for b, s, n in zip(begin, size, x.shape))
+    return x[index].contiguous()
+
+
+@kernel("concat")
+def _concat(a):
+    values = a.tensors("values")
+    axis = _axis(a.int("axis"), values[0].dim())
+    if a.bool("interleave"):
+        return torch.stack(values, dim=axis + 1).flatten(axis, axis + 1)
+    return torch.cat(values, dim=axis)
+
+
+@kernel("stack")
+def _stack(a):
+    values = a.tensors("values")
+    return torch.stack(values, dim=_axis(a.int("axis"), values[0].dim() + 1))
+
+
+@kernel("split")
+def _split(a):
+    x = a.tensor("x")
+    axis = _axis(a.int("axis"), x.dim())
+    sizes = a.ints("split_sizes")
+    if sizes is None:
+        count = a.int("num_splits")
+        sizes = [x.shape[axis] // count] * count
+    return tuple(t.contiguous() for t in torch.split(x, sizes, dim=axis))
+
+
+@kernel("tile")
+def _tile(a):
+    return a.tensor("x").repeat(a.ints("reps"))
+
+
+@kernel("pad")
+def _pad(a):
+    x = a.tensor("x")
+    pad = a.ints("pad")
+    mode = a.str("mode") or "constant"
+    pairs = []
+    for i in reversed(range(len(pad) // 2)):  # MIL: pairs for the last N dims, first to last; F.pad: last first
+        pairs += [pad[2 * i], pad[2 * i + 1]]
+    if mode == "constant":
+        return F.pad(_f(x), pairs, value=a.float("constant_val") or 0.0)
+    if mode not in ("reflect", "replicate"):
+        raise UnsupportedOpError(f"pad mode {mode!r}")
+    dims = len(pad) // 2
+    y = _f(x)
+    lead = y.shape[: y.dim() - dims]
+    padded = F.pad(y.reshape(1, -1, *y.shape[y.dim() - dims:]), pairs, mode=mode)  # wants (N, C, *spatial)
+    return padded.reshape(*lead, *padded.shape[2:])
+
+
+@kernel("shape")
+def _shape(a):
+    return torch.tensor(list(a.tensor("x").shape), dtype=a.out_dtype())
+
+
+@kernel("fill")
+def _fill(a):
+    return torch.full(a.ints("shape"), a.float("value") if a.out_dtype().is_floating_point else a.int("value"),
+                      dtype=a.out_dtype())
+
+
+@kernel("range_1d")
+def _range_1d(a):
+    start, end, step = a.tensor("start"), a.tensor("end"), a.tensor("step")
+    return torch.arange(start.item(), end.item(), step.item(), dtype=a.out_dtype())
+
+
+@kernel("gather")
+def _gather(a):
+    x, indices = a.tensor("x"), a.tensor("indices").to(torch.int64)
+    axis = _axis(a.int("axis") if a.has("axis") else 0, x.dim())
+    if a.has("batch_dims") and a.int("batch_dims"):
+        raise UnsupportedOpError("gather with batch_dims > 0")
+    indices = torch.where(indices < 0, indices + x.shape[axis], indices)
+    out = x.index_select(axis, indices.reshape(-1))
+    return out.reshape(*x.shape[:axis], *indices.shape, *x.shape[axis + 1:])
+
+
+@kernel("gather_along_axis")
+def _gather_along_axis(a):
+    x, indices = a.tensor("x"), a.tensor("indices").to(torch.int64)
+    axis = _axis(a.int("axis") if a.has("axis") else 0, x.dim())
+    indices = torch.where(indices < 0, indices + x.shape[axis], indices)
+    return torch.gather(x, axis, indices)
+
+
+@kernel("pixel_shuffle")
+def _pixel_shuffle(a):
+    return F.pixel_shuffle(a.tensor("x"), a.int("upscale_factor"))
+
+
+@kernel("pixel_unshuffle")
+def _pixel_unshuffle(a):
+    return F.pixel_unshuffle(a.tensor("x"), a.int("downscale_factor"))
