@@ -232,31 +232,15 @@ class CaseRun:
         info = FORMATS[fmt]
         spec = self.case.export.get(fmt)
         input_names = list(self.case.inputs)
-        from parity.model import to_torch
-
-        if info.static_batch:  # one artefact per batch size, each traced at that batch size
-            jobs = [(size, out_dir / f"model.b{size}{info.suffix}", self.inputs(size))
-                    for size in sorted(self.case.batch_sizes)]
-        else:
-            jobs = [(None, out_dir / f"model{info.suffix}", self.example_inputs())]
+        jobs = self._jobs(fmt, out_dir)
         isolate = spec.isolate if spec is not None and spec.isolate is not None else info.isolate
         start = time.perf_counter()
-        metadata: dict = {}
-        for size, path, inputs in jobs:
-            try:
-                if isolate:
-                    from parity.isolation import export_in_child
+        if isolate:  # one child process exports every batch size of the format
+            from parity.isolation import export_in_child
 
-                    metadata, source = export_in_child(self.case, fmt, path, spec.timeout_s if spec else 900.0,
-                                                       size)
-                else:
-                    model = copy.deepcopy(self.model)  # each export gets a pristine model: tracing may mutate it
-                    metadata, source = self.export_module(fmt, model, to_torch(inputs), path, input_names,
-                                                          self.output_names)
-            except ExportError as e:
-                if size is None:
-                    raise
-                raise ExportError(f"{e} (batch size {size})") from e
+            metadata, source = export_in_child(self.case, fmt, out_dir, spec.timeout_s if spec else 900.0)
+        else:
+            metadata, source = self.export_files(fmt, out_dir)
         metadata["isolated"] = bool(isolate)  # the largest batch's export metadata
         metadata["export_s"] = round(time.perf_counter() - start, 3)
         self.timings[f"export_{fmt}_s"] = metadata["export_s"]
@@ -267,6 +251,31 @@ class CaseRun:
         artefact = Artefact(fmt, jobs[-1][1], source, input_names, self.output_names, metadata, batch_paths)
         metadata["size_bytes"] = artefact.size_bytes
         return self._inspect(artefact)
+
+    def _jobs(self, fmt: str, out_dir: Path) -> list[tuple[Optional[int], Path, dict]]:
+        """(batch size or None, file, example inputs) of each export a format needs."""
+        info = FORMATS[fmt]
+        if info.static_batch:  # one artefact per batch size, each traced at that batch size
+            return [(size, out_dir / f"model.b{size}{info.suffix}", self.inputs(size))
+                    for size in sorted(self.case.batch_sizes)]
+        return [(None, out_dir / f"model{info.suffix}", self.example_inputs())]
+
+    def export_files(self, fmt: str, out_dir: Path) -> tuple[dict, str]:
+        """Write every file of `fmt` into `out_dir` in this process; (metadata of the last, source)."""
+        from parity.model import to_torch
+
+        metadata: dict = {}
+        source = ""
+        for size, path, inputs in self._jobs(fmt, out_dir):
+            model = copy.deepcopy(self.model)  # each export gets a pristine model: tracing may mutate it
+            try:
+                metadata, source = self.export_module(fmt, model, to_torch(inputs), path, list(self.case.inputs),
+                                                      self.output_names)
+            except ExportError as e:
+                if size is None:
+                    raise
+                raise ExportError(f"{e} (batch size {size})") from e
+        return metadata, source
 
     def expected(self) -> Expected:
         """Shapes and dtypes the case gives and expects, per batch size (for structural checks)."""

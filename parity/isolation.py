@@ -27,9 +27,9 @@ def _tail(text: str, lines: int = 12) -> str:
     return "\n".join(kept[-lines:])
 
 
-def export_in_child(case: Case, fmt: str, path: Path, timeout_s: float, batch: int | None = None) -> tuple[dict, str]:
-    """Export in a child process; `batch` is the batch size of a static-batch format's export."""
-    cmd = [sys.executable, "-m", "parity.isolation", case.path, fmt, str(path), str(batch or 0)]
+def export_in_child(case: Case, fmt: str, out_dir: Path, timeout_s: float) -> tuple[dict, str]:
+    """Write every file of `fmt` into `out_dir` from a child process; (metadata, source)."""
+    cmd = [sys.executable, "-m", "parity.isolation", case.path, fmt, str(out_dir)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # its own process group: a hang is killed whole
     try:
@@ -50,19 +50,16 @@ def export_in_child(case: Case, fmt: str, path: Path, timeout_s: float, batch: i
     return payload["metadata"], payload["source"]
 
 
-def _child(case_path: str, fmt: str, path: str, batch: str = "0") -> int:
-    from parity.engine import CaseRun
-    from parity.model import to_torch
-    from parity.spec import load_case
-    import copy
+def _child(case_path: str, fmt: str, out_dir: str) -> int:
     import tempfile
+
+    from parity.engine import CaseRun
+    from parity.spec import load_case
 
     case = load_case(case_path)
     run = CaseRun(case, Path(tempfile.mkdtemp(prefix="parity-isolated-")))
     try:
-        inputs = run.inputs(int(batch)) if int(batch) else run.example_inputs()
-        metadata, source = run.export_module(fmt, copy.deepcopy(run.model), to_torch(inputs),
-                                             Path(path), list(case.inputs), run.output_names)
+        metadata, source = run.export_files(fmt, Path(out_dir))
     except ExportError as e:
         print(str(e), file=sys.stderr)
         return 3
@@ -71,4 +68,4 @@ def _child(case_path: str, fmt: str, path: str, batch: str = "0") -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_child(*sys.argv[1:5]))
+    raise SystemExit(_child(*sys.argv[1:4]))

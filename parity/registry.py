@@ -123,6 +123,7 @@ FORMATS: dict[str, FormatInfo] = {
         exporter_options=("layout",),
         static_batch=True,  # litert-torch exports a static batch only (dynamic batch fails, see STACK.md)
         inspector="parity.runners.tflite:inspect",
+        isolate=True,  # the converter imports TensorFlow: a crash or hang must not take the suite down
     ),
     # One format per compute precision, so each has its own tolerance, golden and test ids.
     "coreml": FormatInfo(
@@ -137,6 +138,7 @@ FORMATS: dict[str, FormatInfo] = {
         exporter_options=("minimum_deployment_target",),
         precision="fp32",
         inspector="parity.runners.coreml:inspect",
+        isolate=True,  # coremltools imports TensorFlow, jax and torchao; conversions can abort
     ),
     "coreml_fp16": FormatInfo(
         name="coreml_fp16",
@@ -150,6 +152,7 @@ FORMATS: dict[str, FormatInfo] = {
         exporter_options=("minimum_deployment_target",),
         precision="fp16",
         inspector="parity.runners.coreml:inspect",
+        isolate=True,
     ),
 }
 
