@@ -299,9 +299,13 @@ def check_batch_invariance(run: CaseRun, fmt: str, backend: str, session: "Sessi
     tol = case.invariance_tolerance(fmt)
     unsupported: dict[int, str] = {}
     solo: list[dict[str, np.ndarray]] = []
+    from parity.errors import ExportError
+
     try:
         for i in range(n):
             solo.append(run.run_target(fmt, backend, _slice(run.pool, i, i + 1)))
+    except ExportError:
+        raise  # no artefact at all: an error, not a batch size the artefact lacks
     except Exception as e:
         return CheckResult("skipped", f"the artefact does not run at batch 1 ({short_error(e, 2)}); batch-size "
                            "invariance needs each sample alone", {"unsupported_batch_sizes": {1: str(e)}})
@@ -416,12 +420,20 @@ def check_determinism(run: CaseRun, fmt: str, backend: str, session: "Session") 
 
 def check_lint(run: CaseRun, fmt: str, backend: str, session: "Session") -> CheckResult:
     """Training-mode lint: modules of the model, and nodes of the artefact, that behave as in training."""
+    from parity.errors import ExportError
+
     model = run.model_findings
-    artefact = run.artefact_findings(fmt)
-    name = run.artefact(fmt).path.name
+    export_error = ""
+    try:
+        artefact = run.artefact_findings(fmt)
+        name = run.artefact(fmt).path.name
+    except ExportError as e:
+        if not model:
+            raise  # nothing to lint: the export failure is the news
+        artefact, name, export_error = None, "", str(e).splitlines()[0]
     metrics = {"model": [f.as_dict() for f in model],
                "artefact": None if artefact is None else [f.as_dict() for f in artefact],
-               "artefact_linted": artefact is not None}
+               "artefact_linted": artefact is not None, "export_error": export_error or None}
     if not model and not artefact:
         note = "" if artefact is not None else f"no static lint exists for {fmt} artefacts; only the model was linted"
         return CheckResult("passed", note, metrics)
@@ -435,6 +447,8 @@ def check_lint(run: CaseRun, fmt: str, backend: str, session: "Session") -> Chec
     elif artefact is not None and model:
         lines.append(f"artefact {name}: no training-mode node; the {fmt} exporter silently switched to inference "
                      "behaviour, so this artefact differs from what the model computes in its current mode")
+    elif export_error:
+        lines.append(f"artefact: the {fmt} export failed, so only the model was linted ({export_error})")
     lines.append("fix: call model.eval() before exporting (or return the model in eval mode from the factory)")
     return CheckResult("failed", "\n".join(lines), metrics)
 

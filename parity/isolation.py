@@ -20,6 +20,7 @@ from parity.errors import ExportError
 from parity.spec import Case
 
 _MARK = "PARITY-EXPORT-RESULT "
+_ERROR = "PARITY-EXPORT-ERROR "
 
 
 def _tail(text: str, lines: int = 12) -> str:
@@ -43,6 +44,9 @@ def export_in_child(case: Case, fmt: str, out_dir: Path, timeout_s: float) -> tu
         name = signal.Signals(-proc.returncode).name
         raise ExportError(f"the {fmt} exporter crashed its process with signal {-proc.returncode} ({name}); it "
                           f"ran in a child process, so the rest of the suite runs on. Last output:\n{_tail(err)}")
+    errors = [line for line in out.splitlines() if line.startswith(_ERROR)]
+    if errors:  # the exporter raised: its message, without the converter's chatter on stderr
+        raise ExportError(json.loads(errors[-1][len(_ERROR):]))
     results = [line for line in out.splitlines() if line.startswith(_MARK)]
     if proc.returncode != 0 or not results:
         raise ExportError(_tail(err, 8) or f"the isolated {fmt} export exited with code {proc.returncode}")
@@ -61,7 +65,7 @@ def _child(case_path: str, fmt: str, out_dir: str) -> int:
     try:
         metadata, source = run.export_files(fmt, Path(out_dir))
     except ExportError as e:
-        print(str(e), file=sys.stderr)
+        print(_ERROR + json.dumps(str(e)), flush=True)
         return 3
     print(_MARK + json.dumps({"metadata": metadata, "source": source}, default=str), flush=True)
     return 0

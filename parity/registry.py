@@ -123,6 +123,7 @@ FORMATS: dict[str, FormatInfo] = {
         exporter_options=("layout",),
         static_batch=True,  # litert-torch exports a static batch only (dynamic batch fails, see STACK.md)
         inspector="parity.runners.tflite:inspect",
+        linter="parity.lint.tflite:lint",
         isolate=True,  # the converter imports TensorFlow: a crash or hang must not take the suite down
     ),
     # One format per compute precision, so each has its own tolerance, golden and test ids.
@@ -138,6 +139,7 @@ FORMATS: dict[str, FormatInfo] = {
         exporter_options=("minimum_deployment_target",),
         precision="fp32",
         inspector="parity.runners.coreml:inspect",
+        linter="parity.lint.coreml:lint",
         isolate=True,  # coremltools imports TensorFlow, jax and torchao; conversions can abort
     ),
     "coreml_fp16": FormatInfo(
@@ -152,6 +154,7 @@ FORMATS: dict[str, FormatInfo] = {
         exporter_options=("minimum_deployment_target",),
         precision="fp16",
         inspector="parity.runners.coreml:inspect",
+        linter="parity.lint.coreml:lint",
         isolate=True,
     ),
 }

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Before any test can import tensorflow (coremltools does): tensorflow-then-triton segfaults.
+import parity._triton_first  # noqa: F401
+
 #: A tiny model module written beside test case files, so factories resolve "beside the case file".
 MODELS = '''
 import torch

@@ -132,8 +132,8 @@ def test_prebuilt_package_for_other_input_shape_fails_structural_check(suite, ca
     only = SMALL_COREML.replace("formats: [coreml, coreml_fp16]", "formats: [coreml]").replace(
         "backends: [mil-ref, cpu, gpu, ane]", "backends: [mil-ref]")
     write_case(case_dir, "small", only)
-    suite()
-    shutil.copytree(pytester.path / "build" / "small" / "coreml" / "model.mlpackage", case_dir / "frozen.mlpackage")
+    _, built = suite()
+    shutil.copytree(built["small-coreml-mil-ref-parity"]["metrics"]["artefact"]["path"], case_dir / "frozen.mlpackage")
     (case_dir / "small.yaml").write_text(only.replace("batch_sizes: [1, 3]", "batch_sizes: [1, 4]")
                                          + "export:\n  coreml: {artefact: frozen.mlpackage}\n")
     result, records = suite()

@@ -75,6 +75,11 @@ checks: [parity]
 """
 
 
+def artefact_file(records: dict, test: str, name: str) -> Path:
+    """A file of the artefact a test used (artefacts live in the export cache, keyed by content)."""
+    return Path(records[test]["metrics"]["artefact"]["path"]).parent / name
+
+
 @pytest.fixture
 def suite(pytester, case_dir):
     (case_dir / "tflite_models.py").write_text(TFLITE_MODELS, encoding="utf-8")
@@ -129,9 +134,9 @@ def test_prebuilt_static_artefact_resized_or_refused(suite, case_dir, pytester):
     # conv-only model: the batch-3 artefact resizes to batch 1, and the report says so
     write_case(case_dir, "features", FEATURES_CASE)
     write_case(case_dir, "small", SMALL_TFLITE.replace("backends: [cpu, cpu-ref, cuda]", "backends: [cpu]"))
-    suite()
-    shutil.copy(pytester.path / "build" / "features" / "tflite" / "model.b3.tflite", case_dir / "features.tflite")
-    shutil.copy(pytester.path / "build" / "small" / "tflite" / "model.b3.tflite", case_dir / "small.tflite")
+    _, built = suite()
+    shutil.copy(artefact_file(built, "features-tflite-cpu-parity", "model.b3.tflite"), case_dir / "features.tflite")
+    shutil.copy(artefact_file(built, "small-tflite-cpu-parity", "model.b3.tflite"), case_dir / "small.tflite")
     for name in ("features", "small"):
         path = case_dir / f"{name}.yaml"
         path.write_text(path.read_text() + f"export:\n  tflite: {{artefact: {name}.tflite}}\n")
@@ -148,8 +153,8 @@ def test_prebuilt_static_artefact_resized_or_refused(suite, case_dir, pytester):
 
 def test_artefact_for_other_input_shape_fails_structural_check(suite, case_dir, pytester):
     write_case(case_dir, "features", FEATURES_CASE)
-    suite()
-    shutil.copy(pytester.path / "build" / "features" / "tflite" / "model.b3.tflite", case_dir / "frozen.tflite")
+    _, built = suite()
+    shutil.copy(artefact_file(built, "features-tflite-cpu-parity", "model.b3.tflite"), case_dir / "frozen.tflite")
     (case_dir / "features.yaml").write_text(FEATURES_CASE.replace("shape: [3, 8, 8]", "shape: [3, 8, 10]")
                                             + "export:\n  tflite: {artefact: frozen.tflite}\n")
     result, records = suite()
