@@ -137,8 +137,9 @@ class CaseRun:
             from parity.lint.model import lint_model
             from parity.model import run_eager
 
+            eager = self.eager  # builds the model (timed apart as build_model_s)
             start = time.perf_counter()
-            raw = {size: run_eager(self.eager, self.inputs(size)) for size in self.case.batch_sizes}
+            raw = {size: run_eager(eager, self.inputs(size)) for size in self.case.batch_sizes}
             names = self._names_for(len(raw[min(raw)]))
             reference = {size: dict(zip(names, arrays)) for size, arrays in raw.items()}
             findings = lint_model(self.model)
@@ -373,7 +374,9 @@ class CaseRun:
             artefact = self.artefact(fmt)
             runner_cls = load_object(FORMATS[fmt].runner_for(backend))
             try:
+                start = time.perf_counter()
                 self._runners[k] = runner_cls(artefact, backend).activate()
+                self._time(f"load_{fmt}_{backend}_s", start)
             except BackendUnavailable:
                 raise
             except Exception as e:
@@ -401,7 +404,14 @@ class CaseRun:
     def fresh_runner(self, fmt: str, backend: str):
         """A new, activated runner (a fresh runtime session); the caller deactivates it."""
         runner_cls = load_object(FORMATS[fmt].runner_for(backend))
-        return runner_cls(self.artefact(fmt), backend).activate()
+        start = time.perf_counter()
+        runner = runner_cls(self.artefact(fmt), backend).activate()
+        self._time(f"load_{fmt}_{backend}_s", start)
+        return runner
+
+    def _time(self, key: str, start: float) -> None:
+        """Add the seconds since `start` to timings[key] (framework work, for the overhead figure)."""
+        self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
 
     @property
     def model_findings(self) -> list:
@@ -424,7 +434,9 @@ class CaseRun:
         stored = artefact.path.parent / "findings.json" if artefact.metadata.get("cache_key") else None
         if stored is not None and stored.is_file():
             return [Finding(**f) for f in json.loads(stored.read_text())]
+        start = time.perf_counter()
         findings = load_object(linter)(artefact.path)
+        self._time(f"lint_{fmt}_s", start)
         if stored is not None:
             tmp = stored.with_name(f".findings.{os.getpid()}.tmp")
             tmp.write_text(json.dumps([f.as_dict() for f in findings]))

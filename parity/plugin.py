@@ -180,9 +180,11 @@ class _SessionAdapter:
         if result.status == "failed" and self.triage_dir is not None and \
                 target.check in ("parity", "golden", "batch_invariance"):
             self._triage(target, result)
+        timings = dict(self.engine.case_run(target.case).timings)  # framework work so far (export, load, infer)
         record = {"case": target.case.name, "format": target.format, "backend": target.backend or None,
                   "check": target.check, "status": result.status, "message": result.message,
-                  "metrics": result.metrics, "duration_s": round(time.perf_counter() - start, 4)}
+                  "metrics": result.metrics, "duration_s": round(time.perf_counter() - start, 4),
+                  "timings": {k: round(v, 4) for k, v in timings.items()}}
         if target.case.expects_failure(target.check, target.format):
             record["xfail"] = target.case.xfail
         # Plain JSON types only: the record travels from pytest-xdist workers (execnet cannot send numpy
