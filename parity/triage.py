@@ -289,7 +289,7 @@ def load_runner_reason(fmt: str, backend: str) -> Optional[str]:
         return f"{fmt} needs {', '.join(missing)}: {info.install}"
     if backend not in info.backends:
         return f"{fmt} has no backend {backend!r}; it has: {', '.join(info.backends)}"
-    return load_object(info.runner).unavailable_reason(backend)
+    return load_object(info.runner_for(backend)).unavailable_reason(backend)
 
 
 if __name__ == "__main__":

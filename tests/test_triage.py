@@ -17,8 +17,8 @@ CASE = """
 model: {factory: 'FACTORY'}
 inputs: {x: {shape: [3, 32, 32]}}
 batch_sizes: [1, 4]
-formats: [torchscript, onnx, pt2]
-backends: [cpu]
+formats: [torchscript, onnx, pt2, tflite, coreml]
+backends: [cpu, mil-ref]
 """
 
 
@@ -58,9 +58,10 @@ def cases(tmp_path_factory):
     session.close()
 
 
-@pytest.mark.parametrize("fmt", ["torchscript", "pt2"])
-def test_batchnorm_in_training_mode_in_one_block(cases, fmt):
-    report = triage(cases["bn_block"], fmt, "cpu")
+@pytest.mark.parametrize("fmt,backend", [("torchscript", "cpu"), ("pt2", "cpu"), ("tflite", "cpu"),
+                                         ("coreml", "mil-ref")])
+def test_batchnorm_in_training_mode_in_one_block(cases, fmt, backend):
+    report = triage(cases["bn_block"], fmt, backend)
     assert report.first_divergence == "layer2.0.bn1"
     assert report.summary == ("first divergence: layer2.0.bn1 (BatchNorm2d), batch statistics at inference; "
                               "module is in training mode")
