@@ -13,7 +13,6 @@ twice. NumPy, JSON and filelock only.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata as md
 import importlib.machinery
 import json
 import os
@@ -35,13 +34,9 @@ _SITE_MARKERS = ("site-packages", "dist-packages")
 
 
 def _versions() -> dict[str, str]:
-    found = {"python": sys.version.split()[0]}
-    for dist in VERSIONED:
-        try:
-            found[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
-    return found
+    from parity.report.environment import packages
+
+    return {"python": sys.version.split()[0], **packages(VERSIONED)}
 
 
 def _hash_file(h, path: Path) -> None:

@@ -95,15 +95,11 @@ def check_parity(run: CaseRun, fmt: str, backend: str, session: "Session") -> Ch
 
 
 def _versions() -> dict:
-    import importlib.metadata as md
+    """Versions recorded with goldens: the frameworks an export or runtime result depends on."""
+    from parity.report.environment import packages
 
-    found = {"python": platform.python_version(), "numpy": np.__version__}
-    for dist in ("torch", "onnx", "onnxruntime", "onnxscript", "litert-torch", "ai-edge-litert", "coremltools"):
-        try:
-            found[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
-    return found
+    return {"python": platform.python_version(), "numpy": np.__version__,
+            **packages(("torch", "onnx", "onnxruntime", "onnxscript", "litert-torch", "ai-edge-litert", "coremltools"))}
 
 
 def _update_command(case: str, fmt: str = "", backend: str = "") -> str:

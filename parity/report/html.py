@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from datetime import datetime, timezone
 from html import escape
-from typing import Optional
 
 from parity.report import svg
 from parity.report.environment import one_line
