@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import subprocess
 import sys
@@ -17,7 +18,7 @@ def _heavy_after(code: str, *args: str) -> list[str]:
     probe = f"{code}\nimport sys; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    return eval(out.stdout.strip().splitlines()[-1])  # a list literal we printed ourselves
+    return ast.literal_eval(out.stdout.strip().splitlines()[-1])  # a list literal we printed ourselves
 
 
 def test_import_parity_is_clean():
