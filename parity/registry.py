@@ -73,6 +73,22 @@ FORMATS: dict[str, FormatInfo] = {
         linter="parity.lint.pt2:lint",
     ),
     # INT8 variants: each quantizes with its library and runs on its fp32 sibling's runner.
+    "coreml_int8": FormatInfo(
+        name="coreml_int8",
+        exporter="parity.exporters.quantized:coreml_int8",
+        runner="parity.runners.coreml:CoreMLRunner",
+        runners=(("mil-ref", "parity.runners.mil_ref:MilReferenceRunner"),),
+        suffix=".mlpackage",
+        backends=("mil-ref", "cpu", "gpu", "ane"),
+        requires=("torch", "coremltools"),
+        install="pip install 'parity[coreml]'",
+        exporter_options=("granularity",),
+        precision="int8",
+        inspector="parity.runners.coreml:inspect",
+        linter="parity.lint.coreml:lint",
+        isolate=True,
+        fp32="coreml",
+    ),
     "onnx_int8": FormatInfo(
         name="onnx_int8",
         exporter="parity.exporters.quantized:onnx_int8",

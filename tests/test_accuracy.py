@@ -31,13 +31,15 @@ accuracy:
 
 def accuracy(case_dir, tmp_path, fmt, calibration="calibration: {source: digits, split: calibration}",
              update=False):
-    body = CASE.replace("FORMAT", fmt).replace("CALIBRATION", calibration)
+    backend = "mil-ref" if fmt.startswith("coreml") else "cpu"
+    body = CASE.replace("FORMAT", fmt).replace("CALIBRATION", calibration).replace(
+        "backends: [cpu]", f"backends: [{backend}]")
     session = Session(tmp_path / "build", tmp_path / "golden", update_golden=update)
-    result = session.run_check(load_case(write_case(case_dir, f"d_{fmt}", body)), fmt, "cpu", "accuracy")
+    result = session.run_check(load_case(write_case(case_dir, f"d_{fmt}", body)), fmt, backend, "accuracy")
     return result, session
 
 
-@pytest.mark.parametrize("fmt", ["onnx_int8", "pt2_int8", "torchscript_int8"])
+@pytest.mark.parametrize("fmt", ["onnx_int8", "pt2_int8", "torchscript_int8", "coreml_int8"])
 def test_correct_calibration_passes_and_golden_round_trips(case_dir, tmp_path, fmt):
     recorded, _ = accuracy(case_dir, tmp_path, fmt, update=True)
     assert recorded.status == "passed", recorded.message
@@ -47,8 +49,8 @@ def test_correct_calibration_passes_and_golden_round_trips(case_dir, tmp_path, f
     assert m["accuracy"] >= 98.0 and m["accuracy_drop"] <= 1.0 and m["top1_agreement"] >= 0.97
     assert m["golden_accuracy"] == m["accuracy"]
     assert m["size_ratio"] > 0
-    if fmt == "onnx_int8":
-        assert m["size_ratio"] < 0.6  # int8 weights (measured 46% of fp32)
+    if fmt in ("onnx_int8", "coreml_int8"):
+        assert m["size_ratio"] < 0.6  # int8 weights (measured 46% and 37% of fp32)
 
 
 def test_all_zero_calibration_fails_the_gate(case_dir, tmp_path):

@@ -93,3 +93,26 @@ def pt2_int8(model, example_inputs: tuple, path: Path, *, input_names: list[str]
 
     return {"route": "torchao PT2E X86InductorQuantizer (static)", "per_channel": True,
             "torchao": torchao.__version__, "torch": str(torch.__version__), "dynamic_batch": True}
+
+
+def coreml_int8(model, example_inputs: tuple, path: Path, *, input_names: list[str], output_names: list[str],
+                granularity: str = "per_channel") -> dict:
+    """The fp32 mlprogram, then ``coremltools.optimize.coreml.linear_quantize_weights`` (weight-only
+    int8, symmetric): the package stores int8 weights with ``constexpr`` dequantization ops."""
+    import coremltools as ct
+    import coremltools.optimize.coreml as cto
+
+    from parity.exporters.coreml import export_fp32
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "fp32.mlpackage"
+        meta = export_fp32(model, example_inputs, fp32, input_names=input_names, output_names=output_names)
+        mlmodel = ct.models.MLModel(str(fp32), skip_model_load=True)
+        config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(
+            mode="linear_symmetric", dtype="int8", granularity=granularity))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantized = cto.linear_quantize_weights(mlmodel, config=config)
+        quantized.save(str(path))
+    return {**meta, "route": f"coremltools.optimize linear_quantize_weights int8 {granularity} (weight-only)",
+            "granularity": granularity}
