@@ -73,6 +73,22 @@ FORMATS: dict[str, FormatInfo] = {
         linter="parity.lint.pt2:lint",
     ),
     # INT8 variants: each quantizes with its library and runs on its fp32 sibling's runner.
+    "tflite_int8": FormatInfo(
+        name="tflite_int8",
+        exporter="parity.exporters.quantized:tflite_int8",
+        runner="parity.runners.tflite:LiteRTRunner",
+        suffix=".tflite",
+        backends=("cpu", "cpu-ref", "cuda"),
+        requires=("torch", "litert_torch", "ai_edge_litert", "ai_edge_quantizer"),
+        install="pip install 'parity[tflite]'",
+        exporter_options=("recipe_name",),
+        static_batch=True,  # litert-torch exports a static batch only (dynamic batch fails, see STACK.md)
+        inspector="parity.runners.tflite:inspect",
+        linter="parity.lint.tflite:lint",
+        isolate=True,  # the converter imports TensorFlow: a crash or hang must not take the suite down
+        precision="int8",
+        fp32="tflite",
+    ),
     "coreml_int8": FormatInfo(
         name="coreml_int8",
         exporter="parity.exporters.quantized:coreml_int8",

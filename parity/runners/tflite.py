@@ -202,13 +202,31 @@ class LiteRTRunner(Runner):
             if fed.shape != shape:
                 raise ValueError(f"input {name!r}: {model.path.name} takes shape {shape}, the case gives "
                                  f"{tuple(array.shape)}" + (" (transposed to channels-last)" if fed is not array else ""))
-            interpreter.set_tensor(detail["index"], np.ascontiguousarray(fed.astype(detail["dtype"], copy=False)))
+            interpreter.set_tensor(detail["index"], np.ascontiguousarray(_quantize(fed, detail)))
         interpreter.invoke()
         outputs = []
         for name, detail in zip(self.artefact.output_names, model.outputs):
-            out = np.array(interpreter.get_tensor(detail["index"]))  # a copy: the next invoke reuses the buffer
+            out = _dequantize(np.array(interpreter.get_tensor(detail["index"])), detail)  # a copy: buffers are reused
             outputs.append(to_channels_first(out) if self.layouts["outputs"].get(name) == CHANNELS_LAST else out)
         return outputs
 
     def deactivate_impl(self) -> None:
         self.loaded.clear()
+
+
+def _quantize(array: np.ndarray, detail: dict) -> np.ndarray:
+    """Float case data into a quantized input (int8/uint8 with a scale), as a fully-int8 model expects."""
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    dtype = np.dtype(detail["dtype"])
+    if scale and dtype.kind in "iu" and array.dtype.kind == "f":
+        info = np.iinfo(dtype)
+        return np.clip(np.round(array / scale + zero_point), info.min, info.max).astype(dtype)
+    return array.astype(dtype, copy=False)
+
+
+def _dequantize(array: np.ndarray, detail: dict) -> np.ndarray:
+    """A quantized output back to float32 with its scale and zero point (what the case compares)."""
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    if scale and array.dtype.kind in "iu":
+        return ((array.astype(np.float32) - zero_point) * scale).astype(np.float32)
+    return array
