@@ -77,6 +77,8 @@ class CaseRun:
         self._artefacts: dict[str, Artefact | BaseException] = {}
         self._runners: dict[tuple[str, str], object] = {}
         self._outputs: dict[tuple[str, str, int], dict[str, np.ndarray]] = {}
+        self._findings: dict[str, Optional[list]] = {}  # artefact lint per format
+        self.eval_reference: Optional[np.ndarray] = None  # fp32 eager scores on the accuracy data (set by that check)
         self.timings: dict[str, float] = {}
         self.golden_case_written = False
 
@@ -420,11 +422,10 @@ class CaseRun:
 
     def artefact_findings(self, fmt: str) -> Optional[list]:
         """Static lint of the artefact, or None when the format has no linter."""
-        k = f"_findings_{fmt}"
-        if k not in self.__dict__:
+        if fmt not in self._findings:
             linter = FORMATS[fmt].linter
-            self.__dict__[k] = None if linter is None else self._lint_artefact(fmt, linter)
-        return self.__dict__[k]
+            self._findings[fmt] = None if linter is None else self._lint_artefact(fmt, linter)
+        return self._findings[fmt]
 
     def _lint_artefact(self, fmt: str, linter: str) -> list:
         """Lint findings of a cached artefact are cached beside it (loading a program can take seconds)."""

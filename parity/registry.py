@@ -3,14 +3,14 @@
 Nothing here imports a framework: each format names the modules that implement its exporter and
 its runner as strings, and they are imported only when a case actually uses the format (the
 xarray backend-registry pattern). Adding a format is one entry here plus one exporter module and
-one runner module.
+one runner module; a variant of a format (another precision, an INT8 route) is one ``_variant`` line.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -72,78 +72,6 @@ FORMATS: dict[str, FormatInfo] = {
         exporter_options=("strict",),
         linter="parity.lint.pt2:lint",
     ),
-    # INT8 variants: each quantizes with its library and runs on its fp32 sibling's runner.
-    "tflite_int8": FormatInfo(
-        name="tflite_int8",
-        exporter="parity.exporters.quantized:tflite_int8",
-        runner="parity.runners.tflite:LiteRTRunner",
-        suffix=".tflite",
-        backends=("cpu", "cpu-ref", "cuda"),
-        requires=("torch", "litert_torch", "ai_edge_litert", "ai_edge_quantizer"),
-        install="pip install 'parity[tflite]'",
-        exporter_options=("recipe_name",),
-        static_batch=True,  # litert-torch exports a static batch only (dynamic batch fails, see STACK.md)
-        inspector="parity.runners.tflite:inspect",
-        linter="parity.lint.tflite:lint",
-        isolate=True,  # the converter imports TensorFlow: a crash or hang must not take the suite down
-        precision="int8",
-        fp32="tflite",
-    ),
-    "coreml_int8": FormatInfo(
-        name="coreml_int8",
-        exporter="parity.exporters.quantized:coreml_int8",
-        runner="parity.runners.coreml:CoreMLRunner",
-        runners=(("mil-ref", "parity.runners.mil_ref:MilReferenceRunner"),),
-        suffix=".mlpackage",
-        backends=("mil-ref", "cpu", "gpu", "ane"),
-        requires=("torch", "coremltools"),
-        install="pip install 'parity[coreml]'",
-        exporter_options=("granularity",),
-        precision="int8",
-        inspector="parity.runners.coreml:inspect",
-        linter="parity.lint.coreml:lint",
-        isolate=True,
-        fp32="coreml",
-    ),
-    "onnx_int8": FormatInfo(
-        name="onnx_int8",
-        exporter="parity.exporters.quantized:onnx_int8",
-        runner="parity.runners.onnxruntime:OnnxRuntimeRunner",
-        suffix=".onnx",
-        backends=("cpu", "cuda"),
-        requires=("torch", "onnx", "onnxruntime", "onnxscript"),
-        install="pip install 'parity[onnx]'",
-        exporter_options=("mode", "per_channel"),
-        precision="int8",
-        linter="parity.lint.onnx:lint",
-        fp32="onnx",
-    ),
-    "torchscript_int8": FormatInfo(
-        name="torchscript_int8",
-        exporter="parity.exporters.quantized:torchscript_int8",
-        runner="parity.runners.torchscript:TorchScriptRunner",
-        suffix=".pt",
-        backends=("cpu",),  # quantized::linear_dynamic has no CUDA kernel
-        requires=("torch",),
-        install="pip install 'parity[torch]'",
-        exporter_options=("mode",),
-        precision="int8",
-        linter="parity.lint.torchscript:lint",
-        fp32="torchscript",
-    ),
-    "pt2_int8": FormatInfo(
-        name="pt2_int8",
-        exporter="parity.exporters.quantized:pt2_int8",
-        runner="parity.runners.pt2:ExportedProgramRunner",
-        suffix=".pt2",
-        backends=("cpu",),
-        requires=("torch", "torchao"),
-        install="pip install 'parity[torch]' torchao",
-        exporter_options=(),
-        precision="int8",
-        linter="parity.lint.pt2:lint",
-        fp32="pt2",
-    ),
     "tflite": FormatInfo(
         name="tflite",
         exporter="parity.exporters.tflite:export",
@@ -174,22 +102,32 @@ FORMATS: dict[str, FormatInfo] = {
         linter="parity.lint.coreml:lint",
         isolate=True,  # coremltools imports TensorFlow, jax and torchao; conversions can abort
     ),
-    "coreml_fp16": FormatInfo(
-        name="coreml_fp16",
-        exporter="parity.exporters.coreml:export_fp16",
-        runner="parity.runners.coreml:CoreMLRunner",
-        runners=(("mil-ref", "parity.runners.mil_ref:MilReferenceRunner"),),
-        suffix=".mlpackage",
-        backends=("mil-ref", "cpu", "gpu", "ane"),
-        requires=("torch", "coremltools"),
-        install="pip install 'parity[coreml]'",
-        exporter_options=("minimum_deployment_target",),
-        precision="fp16",
-        inspector="parity.runners.coreml:inspect",
-        linter="parity.lint.coreml:lint",
-        isolate=True,
-    ),
 }
+
+
+def _variant(base: str, name: str, exporter: str, precision: str, **changes) -> FormatInfo:
+    """A format that differs from `base` only in how it is exported and its precision: it runs on
+    the same runners, is inspected and linted the same way. Quantized variants name `base` as the
+    fp32 format their size is compared with."""
+    fp32 = base if precision == "int8" else None
+    return replace(FORMATS[base], name=name, exporter=f"parity.exporters.{exporter}", precision=precision,
+                   fp32=fp32, **changes)
+
+
+FORMATS.update({
+    "coreml_fp16": _variant("coreml", "coreml_fp16", "coreml:export_fp16", "fp16"),
+    # INT8 variants: each quantizes with its library and runs on its fp32 sibling's runners.
+    "onnx_int8": _variant("onnx", "onnx_int8", "quantized:onnx_int8", "int8", exporter_options=("mode", "per_channel")),
+    "torchscript_int8": _variant("torchscript", "torchscript_int8", "quantized:torchscript_int8", "int8",
+                                 exporter_options=("mode",),
+                                 backends=("cpu",)),  # quantized::linear_dynamic has no CUDA kernel
+    "pt2_int8": _variant("pt2", "pt2_int8", "quantized:pt2_int8", "int8", exporter_options=(), backends=("cpu",),
+                         requires=("torch", "torchao"), install="pip install 'parity[torch]' torchao"),
+    "tflite_int8": _variant("tflite", "tflite_int8", "quantized:tflite_int8", "int8", exporter_options=("recipe_name",),
+                            requires=(*FORMATS["tflite"].requires, "ai_edge_quantizer")),
+    "coreml_int8": _variant("coreml", "coreml_int8", "quantized:coreml_int8", "int8",
+                            exporter_options=("granularity",)),
+})
 
 #: Every backend name a case may list. A (format, backend) pair is tested when the format lists the
 #: backend in its ``backends``; a listed backend that cannot run here is skipped with the reason.

@@ -255,6 +255,26 @@ backends: [cpu]
 """
 
 
+TEST_FILE = str(Path(__file__).parents[1] / "parity" / "test_parity.py")
+
+
+def run_suite(pytester, case_dir: Path, *args: str):
+    """`pytest parity/` on `case_dir` in a child pytest process; returns (result, report records)."""
+    import json
+
+    report = pytester.path / "report.json"
+    result = pytester.runpytest_subprocess(
+        TEST_FILE, "-p", "no:cacheprovider", "--cases", str(case_dir), "--golden", str(pytester.path / "golden"),
+        "--parity-build", str(pytester.path / "build"), "--parity-report", str(report), "-rA", *args)
+    records = json.loads(report.read_text()) if report.exists() else []
+    return result, records
+
+
+def by_id(records: list[dict]) -> dict[str, dict]:
+    """Report records by test id (case-format-backend-check; the lint has no backend)."""
+    return {"-".join(str(r[k]) for k in ("case", "format", "backend", "check") if r[k]): r for r in records}
+
+
 def write_case(directory: Path, name: str, body: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.yaml"

@@ -88,12 +88,12 @@ def test_drift_below_golden_fails_even_within_the_drop_gate(case_dir, tmp_path):
 
 
 def test_collapse_is_named(case_dir, tmp_path):
-    from parity.checks import check_accuracy  # noqa: F401  (the message is asserted through the check)
-
+    """Calibrated on constant 1e4 images, every activation scale is huge: all predictions one class."""
     np.savez(case_dir / "huge.npz", inputs=np.full((64, 1, 8, 8), 1e4, np.float32))
     result, _ = accuracy(case_dir, tmp_path, "pt2_int8", calibration="calibration: {file: huge.npz}", update=True)
     assert result.status == "failed", result.message
-    assert result.metrics["accuracy_drop"] > 1.0
+    assert "collapsed: top-1 agreement with fp32" in result.message
+    assert result.metrics["top1_agreement"] < 0.2 and result.metrics["accuracy_drop"] > 1.0
 
 
 @pytest.mark.parametrize("fmt", ["onnx_int8", "tflite_int8"])

@@ -8,10 +8,8 @@ converted from a model coremltools cannot convert, fails that format only, with 
 
 from __future__ import annotations
 
-import json
 import platform
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -19,9 +17,8 @@ import parity._triton_first  # noqa: F401  (before coremltools, which imports te
 
 pytest.importorskip("coremltools")
 
-from conftest import SMALL_CASE, write_case  # noqa: E402
+from conftest import SMALL_CASE, by_id, run_suite, write_case  # noqa: E402
 
-TEST_FILE = str(Path(__file__).parents[1] / "parity" / "test_parity.py")
 
 COREML_MODELS = '''
 import torch
@@ -64,12 +61,8 @@ def suite(pytester, case_dir):
     (case_dir / "coreml_models.py").write_text(COREML_MODELS, encoding="utf-8")
 
     def run(*args: str):
-        report = pytester.path / "report.json"
-        result = pytester.runpytest_subprocess(
-            TEST_FILE, "-p", "no:cacheprovider", "--cases", str(case_dir), "--golden", str(pytester.path / "golden"),
-            "--parity-build", str(pytester.path / "build"), "--parity-report", str(report), "-rA", *args)
-        records = json.loads(report.read_text()) if report.exists() else []
-        return result, {f"{r['case']}-{r['format']}-{r['backend']}-{r['check']}": r for r in records}
+        result, records = run_suite(pytester, case_dir, *args)
+        return result, by_id(records)
 
     return run
 

@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import SMALL_CASE, write_case
-
-TEST_FILE = str(Path(__file__).parents[1] / "parity" / "test_parity.py")
+from conftest import SMALL_CASE, by_id, run_suite, write_case
 
 
 @pytest.fixture
 def suite(pytester, case_dir):
-    """Run the parity suite on `case_dir` in a subprocess-free pytester run."""
-
-    def run(*args: str):
-        report = pytester.path / "report.json"
-        result = pytester.runpytest_subprocess(
-            TEST_FILE, "-p", "no:cacheprovider", "--cases", str(case_dir), "--golden", str(pytester.path / "golden"),
-            "--parity-build", str(pytester.path / "build"), "--parity-report", str(report), "-rA", *args)
-        records = json.loads(report.read_text()) if report.exists() else []
-        return result, records
-
-    return run
-
-
-def by_id(records):
-    return {"-".join(str(r[k]) for k in ("case", "format", "backend", "check") if r[k]): r for r in records}
+    """Run the parity suite on `case_dir` in a child pytest process: (result, report records)."""
+    return lambda *args: run_suite(pytester, case_dir, *args)
 
 
 def test_clean_case_passes_and_golden_round_trip(suite, case_dir, pytester):

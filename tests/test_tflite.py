@@ -8,7 +8,6 @@ another batch size fails with the reason; ``cuda`` and a missing package are ski
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -19,9 +18,8 @@ import parity._triton_first  # noqa: F401  (before anything imports tensorflow)
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
 
-from conftest import SMALL_CASE, write_case  # noqa: E402
+from conftest import SMALL_CASE, by_id, run_suite, write_case  # noqa: E402
 
-TEST_FILE = str(Path(__file__).parents[1] / "parity" / "test_parity.py")
 
 #: Models and export functions for these tests, written beside the case files.
 TFLITE_MODELS = '''
@@ -85,12 +83,8 @@ def suite(pytester, case_dir):
     (case_dir / "tflite_models.py").write_text(TFLITE_MODELS, encoding="utf-8")
 
     def run(*args: str):
-        report = pytester.path / "report.json"
-        result = pytester.runpytest_subprocess(
-            TEST_FILE, "-p", "no:cacheprovider", "--cases", str(case_dir), "--golden", str(pytester.path / "golden"),
-            "--parity-build", str(pytester.path / "build"), "--parity-report", str(report), "-rA", *args)
-        records = json.loads(report.read_text()) if report.exists() else []
-        return result, {f"{r['case']}-{r['format']}-{r['backend']}-{r['check']}": r for r in records}
+        result, records = run_suite(pytester, case_dir, *args)
+        return result, by_id(records)
 
     return run
 
