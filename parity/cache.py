@@ -27,7 +27,8 @@ from parity.spec import Case
 
 #: Distributions whose version can change what an export or the eager model computes.
 VERSIONED = ("torch", "torchvision", "numpy", "onnx", "onnxscript", "onnxruntime", "tensorflow", "tensorflow-cpu",
-             "tf_keras", "keras", "litert-torch", "ai-edge-litert", "ai-edge-quantizer", "coremltools", "torchao",
+             "tf_keras", "keras", "tf2onnx", "litert-torch", "ai-edge-litert", "ai-edge-quantizer", "coremltools",
+             "torchao",
              "safetensors", "parity")
 
 _SITE_MARKERS = ("site-packages", "dist-packages")

@@ -99,7 +99,8 @@ def _versions() -> dict:
     from parity.report.environment import packages
 
     return {"python": platform.python_version(), "numpy": np.__version__,
-            **packages(("torch", "onnx", "onnxruntime", "onnxscript", "litert-torch", "ai-edge-litert", "coremltools"))}
+            **packages(("torch", "onnx", "onnxruntime", "onnxscript", "litert-torch", "ai-edge-litert", "coremltools",
+                        "tensorflow-cpu", "tensorflow", "keras", "tf2onnx"))}
 
 
 def _update_command(case: str, fmt: str = "", backend: str = "") -> str:

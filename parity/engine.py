@@ -13,7 +13,6 @@ first needed.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import json
 import os
@@ -90,17 +89,24 @@ class CaseRun:
     def inputs(self, size: int) -> dict[str, np.ndarray]:
         return batch(self.pool, size)
 
+    @cached_property
+    def framework(self):
+        """The module of the case's source framework (parity.model for torch, parity.keras_model...)."""
+        import importlib
+
+        from parity.registry import FRAMEWORKS
+
+        return importlib.import_module(FRAMEWORKS[self.case.framework])
+
     @property
     def model(self):
         """The model exactly as the factory returned it (weights loaded). Built once."""
         if self._model_error is not None:
             raise self._model_error
         if self._model is None:
-            from parity.model import build_model
-
             try:
                 start = time.perf_counter()
-                self._model = build_model(self.case)
+                self._model = self.framework.build_model(self.case)
                 self.timings["build_model_s"] = time.perf_counter() - start
             except CaseError as e:
                 self._model_error = e
@@ -113,9 +119,7 @@ class CaseRun:
 
     @cached_property
     def eager(self):
-        from parity.model import reference_model
-
-        return reference_model(self.model)
+        return self.framework.reference_model(self.model)
 
     @cached_property
     def _model_results(self) -> dict:
@@ -136,15 +140,12 @@ class CaseRun:
                              for size in self.case.batch_sizes}
                 return {"output_names": meta["output_names"], "reference": reference,
                         "findings": [Finding(**f) for f in meta["findings"]], "cached": True}
-            from parity.lint.model import lint_model
-            from parity.model import run_eager
-
             eager = self.eager  # builds the model (timed apart as build_model_s)
             start = time.perf_counter()
-            raw = {size: run_eager(eager, self.inputs(size)) for size in self.case.batch_sizes}
+            raw = {size: self.framework.run_eager(eager, self.inputs(size)) for size in self.case.batch_sizes}
             names = self._names_for(len(raw[min(raw)]))
             reference = {size: dict(zip(names, arrays)) for size, arrays in raw.items()}
-            findings = lint_model(self.model)
+            findings = self.framework.lint_model(self.model)
             self.timings["reference_s"] = time.perf_counter() - start
             with self.cache.writing(entry) as tmp:
                 np.savez(tmp / "reference.npz", **{f"{n}@b{size}": a for size, out in reference.items()
@@ -160,9 +161,7 @@ class CaseRun:
         return self._reference[size]
 
     def run_eager(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from parity.model import run_eager
-
-        return self._name(run_eager(self.eager, inputs))
+        return self._name(self.framework.run_eager(self.eager, inputs))
 
     @property
     def output_names(self) -> list[str]:
@@ -232,11 +231,11 @@ class CaseRun:
 
     def _export(self, fmt: str, out_dir: Path) -> Artefact:
         """Export `fmt` into the empty directory `out_dir`."""
-        info = FORMATS[fmt]
+        route = FORMATS[fmt].route(self.case.framework)
         spec = self.case.export.get(fmt)
         input_names = list(self.case.inputs)
         jobs = self._jobs(fmt, out_dir)
-        isolate = spec.isolate if spec is not None and spec.isolate is not None else info.isolate
+        isolate = spec.isolate if spec is not None and spec.isolate is not None else route.isolate
         start = time.perf_counter()
         if isolate:  # one child process exports every batch size of the format
             from parity.isolation import export_in_child
@@ -258,22 +257,20 @@ class CaseRun:
     def _jobs(self, fmt: str, out_dir: Path) -> list[tuple[Optional[int], Path, dict]]:
         """(batch size or None, file, example inputs) of each export a format needs."""
         info = FORMATS[fmt]
-        if info.static_batch:  # one artefact per batch size, each traced at that batch size
+        if info.route(self.case.framework).static_batch:  # one artefact per batch size, each traced at that size
             return [(size, out_dir / f"model.b{size}{info.suffix}", self.inputs(size))
                     for size in sorted(self.case.batch_sizes)]
         return [(None, out_dir / f"model{info.suffix}", self.example_inputs())]
 
     def export_files(self, fmt: str, out_dir: Path) -> tuple[dict, str]:
         """Write every file of `fmt` into `out_dir` in this process; (metadata of the last, source)."""
-        from parity.model import to_torch
-
         metadata: dict = {}
         source = ""
         for size, path, inputs in self._jobs(fmt, out_dir):
-            model = copy.deepcopy(self.model)  # each export gets a pristine model: tracing may mutate it
+            model = self.framework.model_for_export(self.model)  # torch: a pristine copy (tracing may mutate it)
             try:
-                metadata, source = self.export_module(fmt, model, to_torch(inputs), path, list(self.case.inputs),
-                                                      self.output_names)
+                metadata, source = self.export_module(fmt, model, self.framework.export_inputs(inputs), path,
+                                                      list(self.case.inputs), self.output_names)
             except ExportError as e:
                 if size is None:
                     raise
@@ -316,13 +313,13 @@ class CaseRun:
         options = dict(spec.options) if spec is not None else {}
         try:
             if spec is not None and spec.function is not None:
-                from parity.model import import_from_case
+                from parity.imports import import_from_case
 
                 function = import_from_case(self.case, spec.function)
                 who, source = f"the case's export function {spec.function}", f"function:{spec.function}"
                 metadata = function(module, example, path, **options) or {}
             else:
-                function = load_object(FORMATS[fmt].exporter)
+                function = load_object(FORMATS[fmt].route(self.case.framework).exporter)
                 who, source = f"the built-in {fmt} exporter", "parity"
                 accepted = inspect.signature(function).parameters
                 if "batch_sizes" in accepted:
@@ -355,8 +352,11 @@ class CaseRun:
             from parity.datasets import load
 
             x, y = load(spec.source, spec.split or "test", spec.samples)
-            dtype = self.case.inputs[names[0]].dtype
-            return {names[0]: x.astype(dtype)}, y
+            declared = self.case.inputs[names[0]]
+            if declared.shape is not None and list(x.shape[1:]) != declared.shape and \
+                    [*x.shape[2:], x.shape[1]] == declared.shape:
+                x = np.moveaxis(x, 1, -1)  # a channels-last case (Keras) gets the images channels-last
+            return {names[0]: np.ascontiguousarray(x.astype(declared.dtype))}, y
         with np.load(self.case.resolve(spec.file), allow_pickle=False) as data:
             if len(names) == 1 and spec.inputs_key in data.files:
                 inputs = {names[0]: data[spec.inputs_key]}
@@ -478,9 +478,10 @@ class Session:
         from parity.checks import CHECKS
 
         info = FORMATS[fmt]
-        missing = missing_modules(info)
+        missing = missing_modules(info, case.framework)
         if missing:
-            return CheckResult("skipped", f"{fmt} skipped: {', '.join(missing)} not installed; {info.install}")
+            install = info.route(case.framework).install
+            return CheckResult("skipped", f"{fmt} skipped: {', '.join(missing)} not installed; {install}")
         run = self.case_run(case)
         try:
             if check not in BACKEND_FREE_CHECKS:

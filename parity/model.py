@@ -1,11 +1,14 @@
-"""Building a case's PyTorch model and computing the eager reference. Imports torch."""
+"""Building a case's PyTorch model and computing the eager reference. Imports torch.
+
+One source-framework module (see ``parity.registry.FRAMEWORKS``; :mod:`parity.keras_model` is the
+other), with the functions the engine calls: ``build_model``, ``reference_model``, ``run_eager``,
+``export_inputs``, ``model_for_export`` and ``lint_model``.
+"""
 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import random
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ import numpy as np
 import torch
 
 from parity.errors import CaseError
-from parity.registry import load_object
+from parity.imports import import_from_case
 from parity.spec import Case
 
 
@@ -22,33 +25,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def import_from_case(case: Case, target: str):
-    """Import 'module:attr', looking beside the case file too.
-
-    A module beside the case file is (re)loaded from that file when the module of that name in
-    sys.modules came from elsewhere or the file changed since, so two case directories with a
-    models.py each, or an edited models.py, never get a stale module.
-    """
-    directory = str(case.directory)
-    if directory not in sys.path:
-        sys.path.append(directory)
-    top = target.partition(":")[0].split(".")[0]
-    local = case.directory / f"{top}.py"
-    if local.is_file():
-        stamp = (str(local.resolve()), local.stat().st_mtime_ns)
-        if getattr(sys.modules.get(top), "__parity_stamp__", None) != stamp:
-            _load_file(top, local).__parity_stamp__ = stamp
-    return load_object(target)
-
-
-def _load_file(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def build_model(case: Case) -> torch.nn.Module:
@@ -103,6 +79,22 @@ def flatten_outputs(out: Any) -> list[np.ndarray]:
     if isinstance(out, (list, tuple)):
         return [a for v in out for a in flatten_outputs(v)]
     raise TypeError(f"model output of type {type(out).__name__} is not a tensor, tuple, list or dict of tensors")
+
+
+def export_inputs(inputs: dict[str, np.ndarray], device: str = "cpu") -> tuple[torch.Tensor, ...]:
+    """What PyTorch exporters receive as example inputs: tensors, in the case's order."""
+    return to_torch(inputs, device)
+
+
+def model_for_export(model: torch.nn.Module) -> torch.nn.Module:
+    """A pristine copy for each export: tracing may mutate the model (a training-mode model's statistics)."""
+    return copy.deepcopy(model)
+
+
+def lint_model(model: torch.nn.Module) -> list:
+    from parity.lint.model import lint_model as lint
+
+    return lint(model)
 
 
 @torch.inference_mode()

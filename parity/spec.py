@@ -24,11 +24,12 @@ from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloa
                       field_validator, model_validator)
 
 from parity.errors import CaseError
-from parity.registry import BACKENDS, CHECKS, FORMATS, OPT_IN_CHECKS
+from parity.registry import BACKENDS, CHECKS, FORMATS, FRAMEWORKS, OPT_IN_CHECKS, formats_for
 
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "uint8", "bool")
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 
+FrameworkName = Literal[tuple(FRAMEWORKS)]  # type: ignore[valid-type]
 FormatName = Literal[tuple(FORMATS)]  # type: ignore[valid-type]
 BackendName = Literal[tuple(BACKENDS)]  # type: ignore[valid-type]
 CheckName = Literal[tuple(CHECKS)]  # type: ignore[valid-type]
@@ -48,21 +49,29 @@ def _import_path(value: str) -> str:
 class ModelSpec(_Strict):
     """The model: an importable factory, its keyword arguments, a seed and optional weights."""
 
-    factory: str = Field(description="'package.module:function' returning a torch.nn.Module")
+    factory: str = Field(description="'package.module:function' returning a torch.nn.Module or a keras.Model")
+    framework: Optional[FrameworkName] = Field(  # type: ignore[valid-type]
+        default=None, description="torch or keras; default: inferred from what the factory's module imports "
+        "(and confirmed against what the factory returns)")
     kwargs: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
     weights: Optional[str] = Field(
-        default=None, description="state dict, .pt/.pth (loaded weights_only) or .safetensors; relative to the case file"
+        default=None, description="torch: state dict, .pt/.pth (loaded weights_only) or .safetensors; keras: "
+        ".weights.h5 (model.save_weights); relative to the case file"
     )
 
     _check_factory = field_validator("factory")(classmethod(lambda cls, v: _import_path(v)))
 
-    @field_validator("weights")
-    @classmethod
-    def _weights_suffix(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not v.endswith((".pt", ".pth", ".safetensors")):
-            raise ValueError(f"expected a .pt, .pth or .safetensors file, got {v!r}")
-        return v
+    @model_validator(mode="after")
+    def _weights_suffix(self) -> "ModelSpec":
+        v = self.weights
+        if v is None:
+            return self
+        if self.framework == "keras" and not v.endswith(".weights.h5"):
+            raise ValueError(f"weights: a Keras model loads a .weights.h5 file (model.save_weights), got {v!r}")
+        if self.framework != "keras" and not v.endswith((".pt", ".pth", ".safetensors")):
+            raise ValueError(f"weights: expected a .pt, .pth or .safetensors file, got {v!r}")
+        return self
 
 
 class InputSpec(_Strict):
@@ -208,7 +217,8 @@ class Case(_Strict):
     inputs: dict[str, InputSpec] = Field(min_length=1)
     outputs: Optional[list[str]] = Field(default=None, min_length=1)
     batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1, 2], min_length=1)
-    formats: list[FormatName] = Field(default_factory=lambda: list(FORMATS), min_length=1)  # type: ignore[valid-type]
+    formats: list[FormatName] = Field(default=None, min_length=1,  # type: ignore[valid-type]
+                                      description="default: every format the model's framework exports to")
     backends: list[BackendName] = Field(default_factory=lambda: list(BACKENDS), min_length=1)  # type: ignore[valid-type]
     checks: list[CheckName] = Field(default_factory=lambda: [c for c in CHECKS if c not in OPT_IN_CHECKS],  # type: ignore[valid-type]
                                     min_length=1)
@@ -234,11 +244,25 @@ class Case(_Strict):
             raise ValueError(f"listed more than once: {', '.join(dupes)}")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_formats(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("formats") is None:
+            model = data.get("model")
+            framework = (model.get("framework") if isinstance(model, dict) else None) or "torch"
+            data = {**data, "formats": formats_for(framework if framework in FRAMEWORKS else "torch")}
+        return data
+
     @model_validator(mode="after")
     def _xfail_reason(self) -> "Case":
         if self.xfail_checks is not None and not self.xfail:
             raise ValueError("'xfail_checks' needs 'xfail': the reason the failures are expected")
         return self
+
+    @property
+    def framework(self) -> str:
+        """The model's source framework (the loader fills it in when the file leaves it out)."""
+        return self.model.framework or "torch"
 
     @property
     def directory(self) -> Path:
@@ -397,6 +421,10 @@ def load_case(path: str | Path) -> Case:
     if "path" in raw:
         raise CaseError(shown, "path", "unknown field 'path' (it is set by the loader); remove it")
     raw["path"] = str(path.resolve())
+    model = raw.get("model")
+    if isinstance(model, dict) and model.get("framework") is None and isinstance(model.get("factory"), str) \
+            and _IMPORT_PATH.match(model["factory"]):
+        raw["model"] = {**model, "framework": infer_framework(model["factory"], [str(path.resolve().parent)])}
     try:
         case = Case.model_validate(raw)
     except ValidationError as e:
@@ -410,6 +438,10 @@ def _check_references(case: Case, shown: str) -> None:
     """Things pydantic cannot see: files exist, factories are importable, shapes are consistent."""
     search = [str(case.directory)]
     _check_callable(case.model.factory, search, shown, "model.factory")
+    for fmt in case.formats:
+        if FORMATS[fmt].route(case.framework) is None:
+            raise CaseError(shown, "formats", f"format {fmt!r} has no exporter for {case.framework} models; "
+                            f"formats for {case.framework}: {', '.join(formats_for(case.framework))}")
     if case.model.weights is not None and not case.resolve(case.model.weights).is_file():
         raise CaseError(shown, "model.weights", f"file not found: {case.resolve(case.model.weights)}; "
                         "give a path relative to the case file")
@@ -455,7 +487,7 @@ def _check_references(case: Case, shown: str) -> None:
             _check_callable(export.function, search, shown, f"export.{fmt}.function")
         if export.artefact is not None and not case.resolve(export.artefact).exists():
             raise CaseError(shown, f"export.{fmt}.artefact", f"file not found: {case.resolve(export.artefact)}")
-        known = FORMATS[fmt].exporter_options
+        known = FORMATS[fmt].route(case.framework).exporter_options
         if export.function is None and export.artefact is None:
             unknown = sorted(set(export.options) - set(known))
             if unknown:
@@ -465,9 +497,34 @@ def _check_references(case: Case, shown: str) -> None:
             raise CaseError(shown, f"export.{fmt}", f"format {fmt!r} is configured but not listed in 'formats'")
 
 
-def _check_callable(target: str, search: list[str], shown: str, field: str) -> None:
-    """Check that 'module:function' exists without importing the module (no torch at load time)."""
-    module_name, _, attr = target.partition(":")
+#: Top-level modules whose import marks a factory module as Keras (else it is PyTorch).
+_KERAS_MODULES = {"keras", "tensorflow", "tf_keras"}
+
+
+def infer_framework(target: str, search: list[str]) -> str:
+    """'keras' when the factory's module imports keras or tensorflow and not torch, else 'torch'.
+
+    Read from the module's source (ast), never imported: loading a case imports no framework. The
+    engine confirms the guess against what the factory returns; a case can name ``model.framework``.
+    """
+    origin = _module_origin(target.partition(":")[0], search)
+    if not origin or not origin.endswith(".py"):
+        return "torch"
+    try:
+        tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return "torch"
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            imported.add(node.module.split(".")[0])
+    return "keras" if imported & _KERAS_MODULES and "torch" not in imported else "torch"
+
+
+def _module_origin(module_name: str, search: list[str]) -> Optional[str]:
+    """The file `module_name` would be imported from (with `search` on sys.path), without importing it."""
     added = [d for d in search if d not in sys.path]
     sys.path[:0] = added
     try:
@@ -478,10 +535,16 @@ def _check_callable(target: str, search: list[str], shown: str, field: str) -> N
     finally:
         for d in added:
             sys.path.remove(d)
-    if found is None:
+    return None if found is None else (found.origin or "")
+
+
+def _check_callable(target: str, search: list[str], shown: str, field: str) -> None:
+    """Check that 'module:function' exists without importing the module (no torch at load time)."""
+    module_name, _, attr = target.partition(":")
+    origin = _module_origin(module_name, search)
+    if origin is None:
         raise CaseError(shown, field, f"cannot find module {module_name!r}; it must be importable (installed, "
                         f"or a .py file beside the case file)")
-    origin = found.origin
     if origin and origin.endswith(".py"):
         try:
             tree = ast.parse(Path(origin).read_text(encoding="utf-8"))

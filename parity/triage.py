@@ -125,6 +125,8 @@ def _tensors(obj) -> Optional[list]:
 
 def triage(run: CaseRun, fmt: str, backend: str, workdir: Optional[Path] = None) -> TriageReport:
     """Localise the divergence of `fmt` on `backend` for the case of `run`."""
+    if run.case.framework != "torch":
+        raise NotImplementedError(unsupported(run.case))
     import torch
 
     from parity.registry import FORMATS, load_object
@@ -262,6 +264,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except CaseError as e:
         print(f"error: {e}")
         return 2
+    if case.framework != "torch":
+        print(f"error: {unsupported(case)}")
+        return 2
     if args.fmt not in case.formats:
         print(f"error: {case.name} does not list format {args.fmt!r}; it lists: {', '.join(case.formats)}")
         return 2
@@ -276,6 +281,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.json:
         write(report, Path(args.json))
     return 1 if report.first_divergence else 0
+
+
+def unsupported(case) -> str:
+    return (f"triage records submodule inputs with torch forward hooks and exports each submodule on its own: it "
+            f"supports PyTorch models, and {case.name} is a {case.framework} model")
 
 
 def load_runner_reason(fmt: str, backend: str) -> Optional[str]:

@@ -140,7 +140,7 @@ def test_missing_package_skips_with_install_command(monkeypatch, case_dir):
     from parity.spec import load_case
 
     case = load_case(write_case(case_dir, "small", SMALL_COREML))
-    monkeypatch.setattr(engine, "missing_modules", lambda info: ["coremltools"])
+    monkeypatch.setattr(engine, "missing_modules", lambda info, framework="torch": ["coremltools"])
     result = engine.Session(case_dir / "build", case_dir / "golden").run_check(case, "coreml_fp16", "mil-ref", "parity")
     assert result.status == "skipped"
     assert result.message == "coreml_fp16 skipped: coremltools not installed; pip install 'parity[coreml]'"

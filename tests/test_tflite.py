@@ -163,7 +163,7 @@ def test_missing_package_skips_with_install_command(monkeypatch, case_dir):
     from parity.spec import load_case
 
     case = load_case(write_case(case_dir, "small", SMALL_TFLITE))
-    monkeypatch.setattr(engine, "missing_modules", lambda info: ["ai_edge_litert"])
+    monkeypatch.setattr(engine, "missing_modules", lambda info, framework="torch": ["ai_edge_litert"])
     result = engine.Session(case_dir / "build", case_dir / "golden").run_check(case, "tflite", "cpu", "parity")
     assert result.status == "skipped"
     assert result.message == "tflite skipped: ai_edge_litert not installed; pip install 'parity[tflite]'"

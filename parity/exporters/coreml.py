@@ -37,13 +37,7 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    target = None
-    if minimum_deployment_target is not None:
-        target = getattr(ct.target, str(minimum_deployment_target), None)
-        if target is None:
-            known = ", ".join(t.name for t in ct.target)
-            raise ValueError(f"export.coreml.options.minimum_deployment_target {minimum_deployment_target!r} is not "
-                             f"a coremltools.target; known: {known}")
+    target = deployment_target(minimum_deployment_target)
     batch = int(example_inputs[0].shape[0])
     batch_dim = ct.RangeDim(lower_bound=1, upper_bound=batch, default=batch)  # one symbol shared by every input
     inputs = [ct.TensorType(name=name, shape=(batch_dim, *x.shape[1:]), dtype=_INPUT_DTYPES.get(x.dtype, np.float32))
@@ -67,6 +61,20 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
             "compute_precision": PRECISIONS[precision],
             "minimum_deployment_target": str(minimum_deployment_target) if target is not None else "coremltools default",
             "batch": f"flexible: ct.RangeDim(1, {batch})", "warnings": messages}
+
+
+def deployment_target(name: Optional[str]):
+    """``coremltools.target.<name>``, or None for coremltools' default; ValueError naming the known ones."""
+    import coremltools as ct
+
+    if name is None:
+        return None
+    target = getattr(ct.target, str(name), None)
+    if target is None:
+        known = ", ".join(t.name for t in ct.target)
+        raise ValueError(f"export.coreml.options.minimum_deployment_target {name!r} is not a coremltools.target; "
+                         f"known: {known}")
+    return target
 
 
 def export_fp32(model, example_inputs, path, *, input_names, output_names, **options) -> dict:

@@ -21,7 +21,7 @@ PACKAGES = (
     "parity", "numpy", "pydantic", "pytest", "pytest-xdist",
     "torch", "torchvision", "torchao", "safetensors",
     "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "onnx-ir",
-    "tensorflow", "tensorflow-cpu", "keras", "ai-edge-litert", "litert-torch", "ai-edge-quantizer",
+    "tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "ai-edge-litert", "litert-torch", "ai-edge-quantizer",
     "coremltools", "scikit-learn",
 )
 
