@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError,
-                      field_validator, model_validator)
+                      ValidationInfo, field_validator, model_validator)
 
 from parity.errors import CaseError
 from parity.registry import BACKENDS, CHECKS, FORMATS, FRAMEWORKS, OPT_IN_CHECKS, formats_for
@@ -62,16 +62,17 @@ class ModelSpec(_Strict):
 
     _check_factory = field_validator("factory")(classmethod(lambda cls, v: _import_path(v)))
 
-    @model_validator(mode="after")
-    def _weights_suffix(self) -> "ModelSpec":
-        v = self.weights
+    @field_validator("weights")
+    @classmethod
+    def _weights_suffix(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
         if v is None:
-            return self
-        if self.framework == "keras" and not v.endswith(".weights.h5"):
-            raise ValueError(f"weights: a Keras model loads a .weights.h5 file (model.save_weights), got {v!r}")
-        if self.framework != "keras" and not v.endswith((".pt", ".pth", ".safetensors")):
-            raise ValueError(f"weights: expected a .pt, .pth or .safetensors file, got {v!r}")
-        return self
+            return v
+        if info.data.get("framework") == "keras":
+            if not v.endswith(".weights.h5"):
+                raise ValueError(f"a Keras model loads a .weights.h5 file (model.save_weights), got {v!r}")
+        elif not v.endswith((".pt", ".pth", ".safetensors")):
+            raise ValueError(f"expected a .pt, .pth or .safetensors file, got {v!r}")
+        return v
 
 
 class InputSpec(_Strict):

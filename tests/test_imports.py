@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[1]
-HEAVY = ("torch", "tensorflow", "onnxruntime", "coremltools", "onnx", "ai_edge_litert", "litert_torch")
+HEAVY = ("torch", "tensorflow", "keras", "tf2onnx", "onnxruntime", "coremltools", "onnx", "ai_edge_litert",
+         "litert_torch")
 
 
 def _heavy_after(code: str, *args: str) -> list[str]:
@@ -25,7 +26,7 @@ def test_import_parity_is_clean():
     assert _heavy_after("import parity, parity.spec, parity.compare, parity.golden, parity.engine, "
                         "parity.checks, parity.plugin, parity.registry, parity.latency, parity.profile, "
                         "parity.cli, parity.report, parity.report.html, parity.report.markdown, "
-                        "parity.report.diff, parity.report.junit, parity.report.environment") == []
+                        "parity.report.diff, parity.report.junit, parity.report.environment, parity.imports") == []
 
 
 def test_report_commands_import_no_framework(tmp_path):

@@ -4,8 +4,9 @@ Each check fails on a planted bug and passes on the clean model, through the Sav
 (TFLiteConverter) and ONNX (tf2onnx) routes: BatchNormalization called with ``training=True``
 (only the SavedModel keeps batch statistics; the converters silently drop the flag, so the model
 lint is what fails there), a layer that subtracts the batch mean in inference (only batch-size
-invariance can catch it), a random layer (determinism), and a user's SavedModel exporter that
-scales one layer's weights by 1% (parity).
+invariance catches it everywhere; the SavedModel and TFLite lints see the mean over the batch axis
+in the graph), a random layer (determinism), and a user's SavedModel exporter that scales one
+layer's weights by 1% (parity).
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ from keras import layers, ops
 
 
 class BatchCentre(layers.Layer):
-    """Subtracts the batch mean in inference: couples samples without any training flag."""
+    """Subtracts half the batch mean in inference: couples samples without any training flag
+    (half, so that a sample alone still has an output to compare)."""
 
     def call(self, x):
-        return x - ops.mean(x, axis=0, keepdims=True)
+        return x - 0.5 * ops.mean(x, axis=0, keepdims=True)
 
 
 class Jitter(layers.Layer):
@@ -115,7 +117,7 @@ def test_keras_weights_must_be_a_weights_h5_file(keras_dir: Path) -> None:
         "  kwargs: {bug: null}\n", "  kwargs: {bug: null}\n  weights: w.safetensors\n  framework: keras\n"))
     with pytest.raises(CaseError) as err:
         load_case(path)
-    assert "model" in err.value.field and ".weights.h5" in str(err.value)
+    assert err.value.field == "model.weights" and ".weights.h5" in str(err.value)
 
 
 def test_model_lint_names_layers_called_with_training_true() -> None:
@@ -146,8 +148,9 @@ def test_savedmodel_lint_finds_batch_statistics_dropout_and_state_updates(tmp_pa
 def test_planted_bugs_fire_the_right_checks_in_every_keras_format(pytester, keras_dir: Path) -> None:
     for bug in ("null", "bn", "coupled"):
         write_case(keras_dir, f"k_{bug}", CASE.format(bug=bug, extra=""))
+    # only the SavedModel: TFLite and onnxruntime have no kernel for a stateless random normal
     write_case(keras_dir, "k_random", CASE.format(bug="random", extra="").replace(
-        "[savedmodel, tflite, onnx]", "[savedmodel, onnx]"))  # TFLite has no kernel for a random normal
+        "[savedmodel, tflite, onnx]", "[savedmodel]"))
     write_case(keras_dir, "k_perturbed", CASE.format(bug="null", extra="export:\n  savedmodel: "
                                                      "{function: 'kmodels:perturbed_savedmodel'}").replace(
         "[savedmodel, tflite, onnx]", "[savedmodel]"))
@@ -168,14 +171,21 @@ def test_planted_bugs_fire_the_right_checks_in_every_keras_format(pytester, kera
     lint_message = by_id(records)["k_bn-tflite-lint"]["message"]
     assert "bn" in lint_message and "training=True" in lint_message
 
-    # a batch-mean coupling in inference: only batch-size invariance catches it, in every format
+    # a batch-mean coupling in inference: batch-size invariance catches it in every format; the
+    # graph lints of SavedModel and TFLite see the mean over the batch axis (the model lint cannot)
     for fmt in ("savedmodel", "tflite", "onnx"):
+        assert status[f"k_coupled-{fmt}-cpu-parity"] == "passed", fmt
         assert status[f"k_coupled-{fmt}-cpu-batch_invariance"] == "failed", fmt
-        assert status[f"k_coupled-{fmt}-lint"] == "passed", fmt
-    assert "batch" in by_id(records)["k_coupled-tflite-cpu-batch_invariance"]["message"]
+    assert "batch-mates" in by_id(records)["k_coupled-tflite-cpu-batch_invariance"]["message"]
+    assert status["k_coupled-onnx-lint"] == "passed"
+    for fmt in ("savedmodel", "tflite"):
+        assert status[f"k_coupled-{fmt}-lint"] == "failed", fmt
+    assert "centre" in by_id(records)["k_coupled-savedmodel-lint"]["message"]
 
-    # a random layer: determinism fails where the format keeps it
+    # a random layer: the SavedModel keeps it (determinism, and the lint names the layer)
     assert status["k_random-savedmodel-cpu-determinism"] == "failed"
+    assert status["k_random-savedmodel-lint"] == "failed"
+    assert "jitter" in by_id(records)["k_random-savedmodel-lint"]["message"]
 
     # a 1% weight change in the user's own exporter fails parity
     assert status["k_perturbed-savedmodel-cpu-parity"] == "failed"
