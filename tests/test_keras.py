@@ -90,11 +90,10 @@ checks: [parity, batch_invariance, determinism, lint]
 
 
 @pytest.fixture
-def keras_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "cases"
-    d.mkdir()
-    (d / "kmodels.py").write_text(KERAS_MODELS, encoding="utf-8")
-    return d
+def keras_dir(case_dir: Path) -> Path:
+    """conftest's cases/ directory, with the Keras models module beside the case files."""
+    (case_dir / "kmodels.py").write_text(KERAS_MODELS, encoding="utf-8")
+    return case_dir
 
 
 def test_framework_is_inferred_from_the_factory_module_and_picks_the_default_formats(keras_dir: Path) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata as md
 import io
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -119,12 +118,10 @@ def onnx(model, example_inputs: tuple, path: Path, *, input_names: list[str], ou
 def onnx_int8(model, example_inputs: tuple, path: Path, *, input_names: list[str], output_names: list[str],
               calibration: dict[str, np.ndarray], mode: str = "static", per_channel: bool = True,
               reduce_range: bool = True) -> dict:
-    from parity.exporters.quantized import quantize_onnx
+    from parity.exporters.quantized import quantize_onnx, via_fp32
 
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / "fp32.onnx"
-        meta = onnx(model, example_inputs, fp32, input_names=input_names, output_names=output_names)
-        quantize_onnx(fp32, path, calibration, mode, per_channel, reduce_range)
+    meta = via_fp32(onnx, ".onnx", model, example_inputs, input_names, output_names,
+                    lambda fp32: quantize_onnx(fp32, path, calibration, mode, per_channel, reduce_range))
     return {**meta, "route": f"tf2onnx, then onnxruntime.quantization {mode}" + (" QDQ" if mode == "static" else ""),
             "per_channel": per_channel, "reduce_range": reduce_range}
 
@@ -170,12 +167,10 @@ def coreml_fp16(model, example_inputs, path, *, input_names, output_names, **opt
 
 def coreml_int8(model, example_inputs: tuple, path: Path, *, input_names: list[str], output_names: list[str],
                 granularity: str = "per_channel") -> dict:
-    from parity.exporters.quantized import quantize_coreml_weights
+    from parity.exporters.quantized import quantize_coreml_weights, via_fp32
 
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / "fp32.mlpackage"
-        meta = coreml_fp32(model, example_inputs, fp32, input_names=input_names, output_names=output_names)
-        quantize_coreml_weights(fp32, path, granularity)
+    meta = via_fp32(coreml_fp32, ".mlpackage", model, example_inputs, input_names, output_names,
+                    lambda fp32: quantize_coreml_weights(fp32, path, granularity))
     return {**meta, "route": f"coremltools.optimize linear_quantize_weights int8 {granularity} (weight-only)",
             "granularity": granularity}
 

@@ -34,13 +34,23 @@ def onnx_int8(model, example_inputs: tuple, path: Path, *, input_names: list[str
               reduce_range: bool = True) -> dict:
     from parity.exporters.onnx import export as export_fp32
 
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / "fp32.onnx"
-        meta = export_fp32(model, example_inputs, fp32, input_names=input_names, output_names=output_names)
-        quantize_onnx(fp32, path, calibration, mode, per_channel, reduce_range)
+    meta = via_fp32(export_fp32, ".onnx", model, example_inputs, input_names, output_names,
+                    lambda fp32: quantize_onnx(fp32, path, calibration, mode, per_channel, reduce_range))
     return {"route": f"onnxruntime.quantization {mode}" + (" QDQ" if mode == "static" else ""),
             "per_channel": per_channel, "reduce_range": reduce_range, "opset_written": meta["opset_written"],
             "torch": str(torch.__version__)}
+
+
+def via_fp32(export_fp32, suffix: str, model, example_inputs: tuple, input_names: list[str],
+             output_names: list[str], quantize) -> dict:
+    """Export the fp32 artefact into a temporary directory with `export_fp32`, call `quantize(fp32
+    path)` on it, and return the fp32 export's metadata: every INT8 route that quantizes an fp32
+    artefact (ONNX, CoreML; PyTorch and Keras alike) goes through here."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / f"fp32{suffix}"
+        meta = export_fp32(model, example_inputs, fp32, input_names=input_names, output_names=output_names)
+        quantize(fp32)
+    return meta
 
 
 def quantize_onnx(fp32: Path, path: Path, calibration: dict[str, np.ndarray], mode: str, per_channel: bool,
@@ -127,10 +137,8 @@ def coreml_int8(model, example_inputs: tuple, path: Path, *, input_names: list[s
     int8, symmetric): the package stores int8 weights with ``constexpr`` dequantization ops."""
     from parity.exporters.coreml import export_fp32
 
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = Path(tmp) / "fp32.mlpackage"
-        meta = export_fp32(model, example_inputs, fp32, input_names=input_names, output_names=output_names)
-        quantize_coreml_weights(fp32, path, granularity)
+    meta = via_fp32(export_fp32, ".mlpackage", model, example_inputs, input_names, output_names,
+                    lambda fp32: quantize_coreml_weights(fp32, path, granularity))
     return {**meta, "route": f"coremltools.optimize linear_quantize_weights int8 {granularity} (weight-only)",
             "granularity": granularity}
 
