@@ -22,9 +22,6 @@ from parity.errors import CaseError
 from parity.imports import import_from_case
 from parity.spec import Case
 
-KERAS_MODEL_TYPES = (keras.Model,)
-
-
 def build_model(case: Case) -> keras.Model:
     """Call the factory under the case's seed and load weights (``.weights.h5``)."""
     factory = import_from_case(case, case.model.factory)
@@ -48,7 +45,8 @@ def reference_model(model: keras.Model) -> keras.Model:
     return model
 
 
-def _feed(model: keras.Model, inputs: dict[str, np.ndarray]) -> Any:
+def _feed(inputs: dict[str, np.ndarray]) -> Any:
+    """One array for a single-input model, else a list in the case's input order."""
     arrays = [np.ascontiguousarray(a) for a in inputs.values()]
     return arrays[0] if len(arrays) == 1 else arrays
 
@@ -63,7 +61,7 @@ def flatten_outputs(out: Any) -> list[np.ndarray]:
 
 
 def run_eager(model: keras.Model, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    return flatten_outputs(model(_feed(model, inputs), training=False))
+    return flatten_outputs(model(_feed(inputs), training=False))
 
 
 def export_inputs(inputs: dict[str, np.ndarray], device: str = "cpu") -> tuple[np.ndarray, ...]:
