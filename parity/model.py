@@ -37,8 +37,9 @@ def build_model(case: Case) -> torch.nn.Module:
     seed_everything(case.model.seed)
     model = factory(**case.model.kwargs)
     if not isinstance(model, torch.nn.Module):
-        raise CaseError(case.path, "model.factory", f"{case.model.factory} returned {type(model).__name__}, "
-                        "expected a torch.nn.Module")
+        hint = " (a Keras model: set model.framework: keras)" if type(model).__module__.startswith("keras") else ""
+        raise CaseError(case.path, "model.framework" if hint else "model.factory", f"{case.model.factory} returned "
+                        f"{type(model).__name__}, expected a torch.nn.Module for a torch case{hint}")
     if case.model.weights is not None:
         state = load_weights(case.resolve(case.model.weights))
         try:

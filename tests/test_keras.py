@@ -189,3 +189,15 @@ def test_planted_bugs_fire_the_right_checks_in_every_keras_format(pytester, kera
     # a 1% weight change in the user's own exporter fails parity
     assert status["k_perturbed-savedmodel-cpu-parity"] == "failed"
     assert "logits" in by_id(records)["k_perturbed-savedmodel-cpu-parity"]["message"]
+
+
+def test_a_keras_model_in_a_case_declared_torch_is_one_error_naming_the_field(keras_dir: Path, tmp_path: Path) -> None:
+    from parity.engine import Session
+
+    body = CASE.format(bug="null", extra="").replace("  kwargs: {bug: null}\n", "  kwargs: {bug: null}\n"
+                                                     "  framework: torch\n")
+    body = body.replace("[savedmodel, tflite, onnx]", "[onnx]")
+    case = load_case(write_case(keras_dir, "k", body))
+    result = Session(tmp_path / "build", tmp_path / "golden").run_check(case, "onnx", "cpu", "parity")
+    assert result.status == "error"
+    assert "model.framework" in result.message and "set model.framework: keras" in result.message
