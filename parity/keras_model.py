@@ -20,7 +20,9 @@ import numpy as np
 import keras  # noqa: E402
 from parity.errors import CaseError
 from parity.imports import import_from_case
+from parity.outputs import flatten
 from parity.spec import Case
+
 
 def build_model(case: Case) -> keras.Model:
     """Call the factory under the case's seed and load weights (``.weights.h5``)."""
@@ -51,17 +53,8 @@ def _feed(inputs: dict[str, np.ndarray]) -> Any:
     return arrays[0] if len(arrays) == 1 else arrays
 
 
-def flatten_outputs(out: Any) -> list[np.ndarray]:
-    """Tensors of a Keras model's output in a fixed order: a tensor, or nested lists/tuples/dicts."""
-    if isinstance(out, dict):
-        return [a for v in out.values() for a in flatten_outputs(v)]
-    if isinstance(out, (list, tuple)):
-        return [a for v in out for a in flatten_outputs(v)]
-    return [np.asarray(keras.ops.convert_to_numpy(out))]
-
-
 def run_eager(model: keras.Model, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    return flatten_outputs(model(_feed(inputs), training=False))
+    return flatten(model(_feed(inputs), training=False), lambda t: np.asarray(keras.ops.convert_to_numpy(t)))
 
 
 def export_inputs(inputs: dict[str, np.ndarray], device: str = "cpu") -> tuple[np.ndarray, ...]:

@@ -18,6 +18,7 @@ import torch
 
 from parity.errors import CaseError
 from parity.imports import import_from_case
+from parity.outputs import flatten
 from parity.spec import Case
 
 
@@ -73,13 +74,13 @@ def to_torch(inputs: dict[str, np.ndarray], device: str = "cpu") -> tuple[torch.
 
 def flatten_outputs(out: Any) -> list[np.ndarray]:
     """Tensors of a model's output in a fixed order: a tensor, or nested tuples/lists/dicts of them."""
-    if isinstance(out, torch.Tensor):
-        return [out.detach().cpu().numpy()]
-    if isinstance(out, dict):
-        return [a for v in out.values() for a in flatten_outputs(v)]
-    if isinstance(out, (list, tuple)):
-        return [a for v in out for a in flatten_outputs(v)]
-    raise TypeError(f"model output of type {type(out).__name__} is not a tensor, tuple, list or dict of tensors")
+    return flatten(out, _tensor_to_numpy)
+
+
+def _tensor_to_numpy(value: Any) -> np.ndarray:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"model output of type {type(value).__name__} is not a tensor, tuple, list or dict of tensors")
+    return value.detach().cpu().numpy()
 
 
 def export_inputs(inputs: dict[str, np.ndarray], device: str = "cpu") -> tuple[torch.Tensor, ...]:

@@ -46,7 +46,7 @@ def _quiet():
     log = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         warnings.simplefilter("ignore")
-        yield log
+        yield
 
 
 def _input_signature(model: keras.Model, example_inputs: tuple) -> list:

@@ -27,9 +27,10 @@ def _layer(node_name: str) -> str | None:
 
 
 def _functions(graph_def):
-    yield "", list(graph_def.node)
+    """The nodes of the graph, then of each function in its library (the model's call lives there)."""
+    yield list(graph_def.node)
     for function in graph_def.library.function:
-        yield function.signature.name, list(function.node_def)
+        yield list(function.node_def)
 
 
 def lint(path: Path) -> list[Finding]:
@@ -39,7 +40,7 @@ def lint(path: Path) -> list[Finding]:
     signature = loaded.signatures.get("serving_default") or next(iter(loaded.signatures.values()))
     findings: list[Finding] = []
     seen: set[tuple[str, str]] = set()
-    for _, nodes in _functions(signature.graph.as_graph_def()):
+    for nodes in _functions(signature.graph.as_graph_def()):
         consts = {n.name: n for n in nodes if n.op == "Const"}
         for node in nodes:
             layer = _layer(node.name)

@@ -13,17 +13,10 @@ import parity._triton_first  # noqa: F401  (before tensorflow)
 import numpy as np
 
 import tensorflow as tf  # noqa: E402
+from parity.outputs import flatten  # noqa: E402
 from parity.runners.base import Runner  # noqa: E402
 
 DEVICES = {"cpu": "/CPU:0", "cuda": "/GPU:0"}
-
-
-def _flatten(out) -> list[np.ndarray]:
-    if isinstance(out, dict):
-        return [a for k in sorted(out) for a in _flatten(out[k])]  # signature outputs: output_0, output_1, ...
-    if isinstance(out, (list, tuple)):
-        return [a for v in out for a in _flatten(v)]
-    return [np.asarray(out)]
 
 
 class SavedModelRunner(Runner):
@@ -66,7 +59,8 @@ class SavedModelRunner(Runner):
                 out = self.function(arrays)
             else:
                 out = self.function(*arrays)
-        return [np.array(a) for a in _flatten(tf.nest.map_structure(lambda t: t.numpy(), out))]
+        # signature outputs come as a dict output_0, output_1, ...: numeric order
+        return flatten(out, lambda t: np.array(t.numpy()), sort_keys=True)
 
     def deactivate_impl(self) -> None:
         del self.function, self.loaded
