@@ -37,7 +37,7 @@ def sh(cmd: list[str], **kw) -> tuple[float, subprocess.CompletedProcess]:
 
 
 def bench_import() -> dict:
-    code = f"import time; t=time.perf_counter(); import parity, parity.plugin, parity.spec, parity.engine; " \
+    code = f"import time; t=time.perf_counter(); import parity, parity.plugin, parity.catalog, parity.session; " \
            f"d=time.perf_counter()-t; import sys; print(d, [m for m in {HEAVY!r} if m in sys.modules])"
     runs = [sh([sys.executable, "-c", code])[1].stdout.split(" ", 1) for _ in range(5)]
     return {"import_parity_s": statistics.median(float(r[0]) for r in runs), "heavy_loaded": runs[0][1].strip()}
@@ -49,7 +49,7 @@ def bench_collect(n: int = 100) -> dict:
     cases.mkdir()
     for i in range(n):
         (cases / f"gen_{i:03d}.yaml").write_text(
-            "model: {factory: 'parity.zoo:tiny_cnn', kwargs: {width: %d}, seed: %d}\n"
+            "model: {factory: 'parity_examples.zoo:tiny_cnn', kwargs: {width: %d}, seed: %d}\n"
             "inputs: {image: {shape: [3, 32, 32]}}\nbatch_sizes: [1, 4]\n" % (8 + i % 8, i))
     probe = ("import sys, pytest; rc = pytest.main(['parity/', '--collect-only', '-q', '-p', 'no:cacheprovider', "
              f"'--cases', {str(cases)!r}]); print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules]); "
@@ -132,7 +132,7 @@ def bench_polygraphy(count: int) -> dict:
     from polygraphy.comparator.struct import IterationResult
     from polygraphy.json import save_json
 
-    from parity.exporters.onnx import export
+    from parity.formats.onnx.export import export
 
     work = Path(tempfile.mkdtemp())
     models = MODELS[:count]
@@ -162,9 +162,9 @@ def bench_polygraphy(count: int) -> dict:
 import time, numpy as np
 from pathlib import Path
 from parity.artefact import Artefact
-from parity.runners.onnxruntime import OnnxRuntimeRunner
+from parity.formats.onnx.runner import OnnxRuntimeRunner
 from parity.compare import compare_outputs
-from parity.spec import ResolvedTolerance
+from parity.tolerance import ResolvedTolerance
 work = Path({str(work)!r})
 tol = ResolvedTolerance(atol=0, rtol=0, scale=1e-4)
 for name in {models!r}:

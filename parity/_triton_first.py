@@ -3,7 +3,7 @@
 With the CUDA build of torch (which brings triton) and TensorFlow in one environment, importing
 tensorflow and *then* loading triton kills the process with a segmentation fault; triton is loaded
 by ``torch._dynamo``, hence by ``torch.export`` and the ONNX dynamo exporter, and coremltools
-imports tensorflow by itself (see ``../shared/STACK.md``). The other order is safe. Every parity
+imports tensorflow by itself. The other order is safe. Every parity
 module that imports a framework imports this module first; importing it costs about 0.2 s once.
 """
 

@@ -56,3 +56,4 @@ class Expected:
     inputs: dict[int, dict[str, tuple[int, ...]]]
     input_dtypes: dict[str, str]
     outputs: dict[int, dict[str, tuple[int, ...]]]
+    precision: str = "fp32"  # the compute precision the format promises (fp32, fp16, int8)

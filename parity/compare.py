@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from parity.profile import PROFILE_AT, error_profile, tolerance_used
-from parity.spec import ResolvedTolerance
+from parity.tolerance import ResolvedTolerance
 
 
 @dataclass

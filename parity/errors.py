@@ -28,3 +28,13 @@ class BackendUnavailable(ParityError):
 
 class GoldenError(ParityError):
     """A golden file is missing, unreadable or was recorded for another input spec."""
+
+
+def short_error(exc: BaseException, lines: int = 8) -> str:
+    """An exception cut to the lines that matter: its type and the start of its message."""
+    text = f"{type(exc).__name__}: {exc}".strip()
+    kept = [line for line in text.splitlines() if line.strip()]
+    cut = kept[:lines]
+    if len(kept) > lines:
+        cut.append(f"... ({len(kept) - lines} more lines)")
+    return "\n".join(cut)

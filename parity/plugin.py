@@ -1,7 +1,7 @@
 """The pytest plugin (registered through the ``pytest11`` entry point).
 
 Only options, parametrization, thin fixtures and the report hooks live here; the work is done by
-:mod:`parity.engine`, imported when the session fixture is first used. Collecting the suite loads
+:mod:`parity.session`, imported when the session fixture is first used. Collecting the suite loads
 the case files (pydantic, YAML) and imports no framework.
 """
 
@@ -17,7 +17,6 @@ from typing import Optional
 import pytest
 
 from parity.errors import CaseError
-from parity.registry import BACKEND_FREE_CHECKS, FORMATS
 
 _CASES = pytest.StashKey[tuple]()
 
@@ -87,7 +86,7 @@ class Outcome:
 
 def _load(config: pytest.Config) -> tuple:
     if _CASES not in config.stash:
-        from parity.spec import load_cases
+        from parity.catalog import load_cases
 
         cases_dir = _dir_option(config, "cases", "cases")
         if not cases_dir.is_dir():
@@ -99,6 +98,9 @@ def _load(config: pytest.Config) -> tuple:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "parity_target" not in metafunc.fixturenames:
         return
+    from parity.checks import CHECKS
+    from parity.formats import FORMATS
+
     cases, errors = _load(metafunc.config)
     params = []
     for case in cases:
@@ -106,13 +108,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         for fmt in case.formats:
             backends = [b for b in case.backends if b in FORMATS[fmt].backends]  # cpu-ref is TFLite's only
             for check in case.checks:
-                if check == "accuracy" and case.accuracy is None:
-                    continue  # no labelled data declared: nothing to measure
+                if not CHECKS[check].applies(case, fmt):
+                    continue  # e.g. accuracy without labelled data: nothing to measure
                 marks = [group]
                 updating = check == "golden" and metafunc.config.getoption("update_golden")
                 if case.expects_failure(check, fmt) and not updating:
                     marks.append(pytest.mark.xfail(reason=case.xfail, strict=True))
-                for backend in ([""] if check in BACKEND_FREE_CHECKS else backends):
+                for backend in (backends if CHECKS[check].per_backend else [""]):
                     target = Target(case, fmt, backend, check)
                     params.append(pytest.param(target, id=target.id, marks=marks))
     for error in errors:
@@ -156,7 +158,7 @@ class _SessionAdapter:
     """What the test function sees: run(target) -> Outcome with the report record."""
 
     def __init__(self, config: pytest.Config) -> None:
-        from parity.engine import Session
+        from parity.session import Session
 
         self.engine = Session(_dir_option(config, "parity_build", "build/parity"),
                               _dir_option(config, "golden", "golden"),
@@ -177,8 +179,7 @@ class _SessionAdapter:
             return Outcome("error", str(e), record)
         start = time.perf_counter()
         result = self.engine.run_check(target.case, target.format, target.backend, target.check)
-        if result.status == "failed" and self.triage_dir is not None and \
-                target.check in ("parity", "golden", "batch_invariance"):
+        if result.status == "failed" and self.triage_dir is not None and self._triage_explains(target.check):
             self._triage(target, result)
         timings = dict(self.engine.case_run(target.case).timings)  # framework work so far (export, load, infer)
         record = {"case": target.case.name, "format": target.format, "backend": target.backend or None,
@@ -191,6 +192,12 @@ class _SessionAdapter:
         # scalars or torch's TorchVersion strings) and ends up in the JSON report anyway.
         record = json.loads(json.dumps(record, default=_json_default))
         return Outcome(result.status, result.message, record)
+
+    @staticmethod
+    def _triage_explains(check: str) -> bool:
+        from parity.checks import CHECKS
+
+        return check in CHECKS and CHECKS[check].triage
 
     def _triage(self, target: Target, result) -> None:
         """Run triage once per (case, format, backend) and attach it to the failure."""

@@ -25,7 +25,8 @@ from typing import Optional
 
 
 from parity.compare import compare_outputs
-from parity.engine import CaseRun, short_error
+from parity.errors import short_error
+from parity.pipeline.run import CaseRun
 from parity.errors import ExportError
 
 
@@ -129,8 +130,9 @@ def triage(run: CaseRun, fmt: str, backend: str, workdir: Optional[Path] = None)
         raise NotImplementedError(unsupported(run.case))
     import torch
 
-    from parity.registry import FORMATS, load_object
     from parity.artefact import Artefact
+    from parity.case import load_object
+    from parity.formats import FORMATS
 
     case = run.case
     report = TriageReport(case.name, fmt, backend)
@@ -158,20 +160,20 @@ def triage(run: CaseRun, fmt: str, backend: str, workdir: Optional[Path] = None)
         try:
             run.export_module(fmt, copy.deepcopy(module), tuple(t.detach().clone() for t in tensors_in), target,
                               names_in, names_out)
-            runner = runner_cls(Artefact(fmt, target, "triage", names_in, names_out), backend).activate()
             feeds = {n: t.detach().cpu().numpy() for n, t in zip(names_in, tensors_in)}
-            obtained = dict(zip(names_out, runner.infer(feeds)))
-            try:  # a static-batch artefact (TFLite) may not run a lone sample: then batch dependence is unknown
-                alone = dict(zip(names_out, runner.infer({n: a[:1] for n, a in feeds.items()})))
-            except Exception:
-                alone = None
-            runner.deactivate()
+            # the context manager deactivates the runner even when infer() raises
+            with runner_cls(Artefact(fmt, target, "triage", names_in, names_out), backend) as runner:
+                obtained = dict(zip(names_out, runner.infer(feeds)))
+                try:  # a static-batch artefact (TFLite) may not run a lone sample: batch dependence is unknown
+                    alone = dict(zip(names_out, runner.infer({n: a[:1] for n, a in feeds.items()})))
+                except Exception:
+                    alone = None
         except ExportError as e:
             return ModuleRow(path, op, "error", detail=str(e).splitlines()[0][:200])
         except Exception as e:  # a runner that cannot load a lone submodule
             return ModuleRow(path, op, "error", detail=short_error(e, 1)[:200])
         expected = {n: t.detach().cpu().numpy() for n, t in zip(names_out, tensors_out)}
-        tol = case.tolerance_for(fmt, backend, names_out[0])
+        tol = run.tolerance_for(fmt, backend, names_out[0])
         rows = compare_outputs(expected, obtained, lambda n: tol)
         worst = max(rows, key=lambda c: c.scaled_error)
         failed = [c for c in rows if not c.passed and not c.vacuous]
@@ -243,9 +245,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     or case errors."""
     import argparse
 
-    from parity.engine import Session
+    from parity.catalog import load_case
     from parity.errors import CaseError
-    from parity.spec import load_case
+    from parity.session import Session
 
     parser = argparse.ArgumentParser(prog="parity triage", description="find the first module whose export "
                                      "diverges from the eager model")
@@ -289,7 +291,8 @@ def unsupported(case) -> str:
 
 
 def load_runner_reason(fmt: str, backend: str) -> Optional[str]:
-    from parity.registry import FORMATS, load_object, missing_modules
+    from parity.case import load_object
+    from parity.formats import FORMATS, missing_modules
 
     info = FORMATS.get(fmt)
     if info is None:

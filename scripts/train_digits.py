@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from parity.datasets import load
-from parity.zoo import DigitsCNN
+from parity.pipeline.datasets import load
+from parity_examples.zoo import DigitsCNN
 
 
 def main() -> None:

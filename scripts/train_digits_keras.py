@@ -19,8 +19,8 @@ import numpy as np
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from parity.datasets import load  # noqa: E402
-from parity.keras_zoo import digits_cnn  # noqa: E402
+from parity.pipeline.datasets import load  # noqa: E402
+from parity_examples.keras_zoo import digits_cnn  # noqa: E402
 
 
 def main() -> None:

@@ -93,7 +93,7 @@ def noisy_export(model, example_inputs, path, level=1e-7):
 
 
 def bn_train():
-    """The seed's bug: BatchNorm left in training mode (running statistics settled)."""
+    """BatchNorm left in training mode (running statistics settled)."""
     return small().train()
 
 
@@ -162,7 +162,7 @@ def specialised():
 
 def planted_resnet():
     """resnet18 (32x32, 10 classes) with one middle conv marked for a planted exporter bug."""
-    from parity.zoo import torchvision_model
+    from parity_examples.zoo import torchvision_model
 
     model = torchvision_model("resnet18", size=32, num_classes=10)
     model.layer3[0].conv2._planted = True
@@ -202,7 +202,7 @@ def planted_export(model, example_inputs, path, bug="weight"):
                     module.approximate = "tanh"
     suffix = str(path).rsplit(".", 1)[-1]
     fmt = {"pt": "torchscript", "onnx": "onnx", "pt2": "pt2"}[suffix]
-    exporter = importlib.import_module(f"parity.exporters.{fmt}").export
+    exporter = importlib.import_module(f"parity.formats.{fmt}.export").export
     names_in = [f"input{i}" for i in range(len(example_inputs))]
     extra = {"batch_sizes": [example_inputs[0].shape[0]]} if fmt == "pt2" else {}
     return exporter(model, example_inputs, path, input_names=names_in, output_names=["output0"], **extra)
@@ -211,7 +211,7 @@ def planted_export(model, example_inputs, path, bug="weight"):
 def badly_calibrated_int8_export(model, example_inputs, path):
     """INT8 through onnxruntime static quantization, calibrated on the example inputs, except that
     the marked layer's weights are quantized with a scale 30x too large (a badly calibrated layer)."""
-    from parity.exporters.quantized import onnx_int8
+    from parity.formats.onnx.quantize import onnx_int8
 
     with torch.no_grad():
         for module in model.modules():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from parity.compare import compare_output, compare_outputs, format_table
-from parity.spec import DEFAULT_SCALE, ResolvedTolerance
+from parity.tolerance import DEFAULT_SCALE, ResolvedTolerance
 
 DEFAULT = ResolvedTolerance(atol=0.0, rtol=0.0, scale=DEFAULT_SCALE)
 
@@ -45,7 +45,7 @@ def test_metrics_match_independent_computation():
 
 def test_float_noise_passes_but_one_percent_fails():
     # Large outputs (resnet34-like, up to ~200): float error scales with the tensor's magnitude
-    # (STACK.md: 1.1e-4 on outputs up to 224), so elements near zero get errors far above 1e-5.
+    # (measured: 1.1e-4 on outputs up to 224), so elements near zero get errors far above 1e-5.
     ref = logits(scale=100.0)
     err = np.random.default_rng(1).normal(scale=5e-7 * np.abs(ref).max(), size=ref.shape)
     noise = (ref + err).astype(np.float32)

@@ -44,21 +44,36 @@ def test_interrupted_write_keeps_old_golden_and_leaves_no_temp(tmp_path):
 def test_unchanged_arrays_are_not_rewritten(tmp_path):
     store = GoldenStore(tmp_path)
     store.write_arrays("case", "t.npz", {"a": np.ones(3, np.float32)})
-    before = store.path("case", "t.npz").stat().st_mtime_ns
     os.utime(store.path("case", "t.npz"), ns=(1, 1))
     store.write_arrays("case", "t.npz", {"a": np.ones(3, np.float32)})
     assert store.path("case", "t.npz").stat().st_mtime_ns == 1  # untouched
     store.write_arrays("case", "t.npz", {"a": np.ones(3, np.float64)})  # dtype change is a change
     assert store.path("case", "t.npz").stat().st_mtime_ns != 1
-    assert before
+
+
+class _Payload:
+    """Unpickling this runs code: it creates the file named in `marker`."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
 
 
 def test_pickled_golden_is_refused(tmp_path):
+    """A real pickled .npz: refused, and its payload never runs (it would with allow_pickle=True)."""
     (tmp_path / "case").mkdir()
-    np.save(tmp_path / "case" / "x.npy", np.array([{"evil": 1}], dtype=object), allow_pickle=True)
-    os.replace(tmp_path / "case" / "x.npy", tmp_path / "case" / "t.npz")
+    marker = tmp_path / "unpickled"
+    golden = tmp_path / "case" / "t.npz"
+    np.savez(golden, a=np.array([_Payload(str(marker))], dtype=object))  # savez pickles object arrays
     with pytest.raises(GoldenError, match="unreadable golden arrays"):
         GoldenStore(tmp_path).read_arrays("case", "t.npz")
+    assert not marker.exists()
+    # The same file with pickles allowed runs the payload: the refusal above is what protects.
+    with np.load(golden, allow_pickle=True) as data:
+        data["a"]
+    assert marker.exists()
 
 
 def test_corrupt_meta_names_the_fix(tmp_path):

@@ -170,7 +170,7 @@ def test_cuda_is_skipped_with_reason(suite, case_dir):
 
 
 def test_expected_failures_are_strict_per_check_and_format(suite, case_dir):
-    """The seed's incident as a case: declared failures xfail, an undeclared pass stays a pass,
+    """A CNN frozen with BatchNorm in training mode, as a case: declared failures xfail, an undeclared pass stays a pass,
     and a declared failure that stops failing breaks the suite (strict)."""
     body = SMALL_CASE.replace("models:small", "models:bn_train").replace("formats: [torchscript, onnx]",
                                                                            "formats: [torchscript]") + \

@@ -9,7 +9,7 @@ import numpy as np
 
 from parity.compare import compare_output
 from parity.profile import SAMPLE_SIZE, SAMPLE_WORST, error_profile, tolerance_used
-from parity.spec import ResolvedTolerance
+from parity.tolerance import ResolvedTolerance
 
 TOL = ResolvedTolerance(atol=0.0, rtol=0.0, scale=1e-4)
 

@@ -25,7 +25,7 @@ from parity.report.run import Run, outcome, run_path
 
 ROOT = Path(__file__).parents[1]
 TEST_FILE = str(ROOT / "parity" / "test_parity.py")
-KEYS = {"case", "format", "backend", "check", "status", "message", "metrics"}  # issue 2's keys
+KEYS = {"case", "format", "backend", "check", "status", "message", "metrics"}  # the record's keys
 
 
 def _env() -> dict:

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from conftest import write_case
-from parity.engine import Session
-from parity.spec import load_case
+from parity.session import Session
+from parity.catalog import load_case
 from parity.triage import main, triage
 
 FORMATS = ("torchscript", "onnx", "pt2")
@@ -48,7 +48,7 @@ def cases(tmp_path_factory):
     (d / "models.py").write_text(MODELS)
     session = Session(root / "build", root / "golden")
     bodies = {
-        "bn_block": CASE.replace("FACTORY", "parity.zoo:resnet_with_training_block"),
+        "bn_block": CASE.replace("FACTORY", "parity_examples.zoo:resnet_with_training_block"),
         "weight": planted("weight", "models:planted_resnet"),
         "gelu": planted("gelu", "models:gelu_net"),
         "clean": CASE.replace("FACTORY", "models:planted_resnet"),
@@ -104,7 +104,7 @@ def test_clean_case_reports_no_divergence(cases, fmt):
 
 
 def test_cli_prints_table_and_writes_json(case_dir, tmp_path, capsys):
-    write_case(case_dir, "bn", CASE.replace("FACTORY", "parity.zoo:resnet_with_training_block"))
+    write_case(case_dir, "bn", CASE.replace("FACTORY", "parity_examples.zoo:resnet_with_training_block"))
     out = tmp_path / "t.json"
     rc = main(["bn", "--format", "pt2", "--cases", str(case_dir), "--build", str(tmp_path / "b"), "--json", str(out)])
     assert rc == 1

@@ -7,7 +7,6 @@ the GPU from ``nvidia-smi`` when it is on PATH; the CPU and memory from ``/proc`
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import os
 import platform
 import shutil
@@ -15,16 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
-
-#: Distributions whose versions decide what a run computes. Recorded when installed.
-PACKAGES = (
-    "parity", "numpy", "pydantic", "pytest", "pytest-xdist",
-    "torch", "torchvision", "torchao", "safetensors",
-    "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "onnx-ir",
-    "tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "ai-edge-litert", "litert-torch", "ai-edge-quantizer",
-    "coremltools", "scikit-learn",
-)
-
 
 def collect(root: Optional[Path] = None) -> dict:
     """Python, packages, OS, CPU, memory, GPUs and (when `root` is in a git checkout) the commit."""
@@ -42,14 +31,11 @@ def collect(root: Optional[Path] = None) -> dict:
     }
 
 
-def packages(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
-    found = {}
-    for name in names:
-        try:
-            found[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return found
+def packages() -> dict[str, str]:
+    """The versions of every package that matters (parity.versions)."""
+    from parity.versions import packages as versions
+
+    return versions()
 
 
 def cpu() -> dict:

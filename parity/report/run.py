@@ -1,6 +1,6 @@
 """A saved run: the JSON report (one record per test) and its run file (environment, counts, times).
 
-The report stays what issue 2 defined, a JSON list with one object per test; what belongs to the
+The report is a JSON list with one object per test; what belongs to the
 run as a whole goes in a second file beside it, ``<report stem>.run.json`` (see :func:`run_path`),
 so a consumer that iterates the list sees tests only. Everything here is plain JSON; nothing
 imports a framework.
@@ -111,8 +111,9 @@ def fmt_bytes(n) -> str:
 
 def _column_order(column: str) -> tuple:
     """Formats and backends in registry order (torchscript before onnx, cpu before cuda); unknown ones last."""
-    from parity.registry import BACKENDS, FORMATS
+    from parity.formats import FORMATS, backends
 
+    BACKENDS = backends()
     fmt, _, backend = column.partition("/")
     formats = list(FORMATS)
     return (formats.index(fmt) if fmt in formats else len(formats), fmt,

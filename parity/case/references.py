@@ -1,0 +1,195 @@
+"""What a case file refers to outside itself: files, factories, export functions, the framework.
+
+Checked without importing the user's code (``importlib.util.find_spec`` and ``ast``), so loading a
+case imports no framework; :func:`import_from_case` imports it when a stage needs it.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Optional
+
+from parity.case.catalog import Catalog
+from parity.case.schema import Case
+from parity.errors import CaseError
+
+
+def check_references(case: Case, shown: str, catalog: Catalog) -> None:
+    """Things pydantic cannot see: files exist, factories are importable, shapes are consistent."""
+    search = [str(case.directory)]
+    _check_callable(case.model.factory, search, shown, "model.factory")
+    for fmt in case.formats:
+        if catalog.exporter_options(fmt, case.framework) is None:
+            raise CaseError(shown, "formats", f"format {fmt!r} has no exporter for {case.framework} models; "
+                            f"formats for {case.framework}: {', '.join(catalog.formats_for(case.framework))}")
+    if case.model.weights is not None and not case.resolve(case.model.weights).is_file():
+        raise CaseError(shown, "model.weights", f"file not found: {case.resolve(case.model.weights)}; "
+                        "give a path relative to the case file")
+    if case.outputs is not None and len(set(case.outputs)) != len(case.outputs):
+        raise CaseError(shown, "outputs", "output names must be unique")
+    for name, spec in case.inputs.items():
+        if spec.file is None:
+            continue
+        field = f"inputs.{name}.file"
+        data_path = case.resolve(spec.file)
+        if not data_path.is_file():
+            raise CaseError(shown, field, f"file not found: {data_path}; give a path relative to the case file")
+        import numpy as np
+
+        try:
+            with np.load(data_path, allow_pickle=False) as data:
+                key = spec.key or name
+                if key not in data.files:
+                    raise CaseError(shown, f"inputs.{name}.key", f"{data_path.name} has no array {key!r}; "
+                                    f"it has: {', '.join(data.files)}")
+                arr = data[key]
+        except CaseError:
+            raise
+        except Exception as e:  # a corrupt or pickled file
+            raise CaseError(shown, field, f"cannot read {data_path.name} as .npz without pickle: {e}") from None
+        if arr.ndim < 1 or arr.shape[0] < max(case.batch_sizes):
+            raise CaseError(shown, field, f"{data_path.name}[{key!r}] has {arr.shape[0] if arr.ndim else 0} "
+                            f"samples, fewer than the largest batch size {max(case.batch_sizes)}")
+        if spec.shape is not None and list(arr.shape[1:]) != list(spec.shape):
+            raise CaseError(shown, f"inputs.{name}.shape", f"declared per-sample shape {list(spec.shape)} but "
+                            f"{data_path.name}[{key!r}] holds samples of shape {list(arr.shape[1:])}")
+    limits = case.latency.max_p50_ms
+    if isinstance(limits, dict):
+        unknown = sorted(set(limits) - set(case.batch_sizes))
+        if unknown:
+            raise CaseError(shown, "latency.max_p50_ms", f"batch size {unknown[0]} is not in batch_sizes "
+                            f"{case.batch_sizes}; give limits for listed batch sizes only")
+    if limits is not None and "latency" not in case.checks:
+        raise CaseError(shown, "latency.max_p50_ms", f"a latency limit is set but 'latency' is not in checks "
+                        f"{case.checks}; add it there, or the limit is never applied")
+    for fmt, export in case.export.items():
+        if export.function is not None:
+            _check_callable(export.function, search, shown, f"export.{fmt}.function")
+        if export.artefact is not None and not case.resolve(export.artefact).exists():
+            raise CaseError(shown, f"export.{fmt}.artefact", f"file not found: {case.resolve(export.artefact)}")
+        known = catalog.exporter_options(fmt, case.framework) or ()
+        if export.function is None and export.artefact is None:
+            unknown = sorted(set(export.options) - set(known))
+            if unknown:
+                raise CaseError(shown, f"export.{fmt}.options", f"unknown option {unknown[0]!r} for the built-in "
+                                f"{fmt} exporter; it accepts: {', '.join(known) or 'none'}")
+        if fmt not in case.formats:
+            raise CaseError(shown, f"export.{fmt}", f"format {fmt!r} is configured but not listed in 'formats'")
+
+
+#: Top-level modules whose import marks a factory module as Keras (else it is PyTorch).
+_KERAS_MODULES = {"keras", "tensorflow", "tf_keras"}
+
+
+def infer_framework(target: str, search: list[str]) -> str:
+    """'keras' when the factory's module imports keras or tensorflow and not torch, else 'torch'.
+
+    Read from the module's source (ast), never imported: loading a case imports no framework. The
+    engine confirms the guess against what the factory returns; a case can name ``model.framework``.
+    """
+    origin = _module_origin(target.partition(":")[0], search)
+    if not origin or not origin.endswith(".py"):
+        return "torch"
+    try:
+        tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return "torch"
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            imported.add(node.module.split(".")[0])
+    return "keras" if imported & _KERAS_MODULES and "torch" not in imported else "torch"
+
+
+def _module_origin(module_name: str, search: list[str]) -> Optional[str]:
+    """The file `module_name` would be imported from (with `search` on sys.path), without importing it."""
+    added = [d for d in search if d not in sys.path]
+    sys.path[:0] = added
+    try:
+        try:
+            found = importlib.util.find_spec(module_name)
+        except (ImportError, ValueError):
+            found = None
+    finally:
+        for d in added:
+            sys.path.remove(d)
+    return None if found is None else (found.origin or "")
+
+
+def _check_callable(target: str, search: list[str], shown: str, field: str) -> None:
+    """Check that 'module:function' exists without importing the module (no torch at load time)."""
+    module_name, _, attr = target.partition(":")
+    origin = _module_origin(module_name, search)
+    if origin is None:
+        raise CaseError(shown, field, f"cannot find module {module_name!r}; it must be importable (installed, "
+                        f"or a .py file beside the case file)")
+    if origin and origin.endswith(".py"):
+        try:
+            tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
+        except (OSError, SyntaxError) as e:
+            raise CaseError(shown, field, f"cannot parse {origin}: {e}") from None
+        names = _top_level_names(tree)
+        if attr not in names:
+            hint = difflib.get_close_matches(attr, names, n=1)
+            raise CaseError(shown, field, f"module {module_name!r} defines no {attr!r}"
+                            + (f"; did you mean {hint[0]!r}?" if hint else ""))
+
+
+def _top_level_names(tree: ast.Module) -> list[str]:
+    names: list[str] = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, ast.Assign):
+            names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+        elif isinstance(node, (ast.AnnAssign,)) and isinstance(node.target, ast.Name):
+            names.append(node.target.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names += [(a.asname or a.name).split(".")[0] for a in node.names]
+    return names
+
+
+def import_from_case(case: Case, target: str):
+    """Import 'module:attr', looking beside the case file too.
+
+    A module beside the case file is (re)loaded from that file when the module of that name in
+    sys.modules came from elsewhere or the file changed since, so two case directories with a
+    models.py each, or an edited models.py, never get a stale module.
+    """
+    import parity._triton_first  # noqa: F401  (the user's module may import tensorflow)
+
+    directory = str(case.directory)
+    if directory not in sys.path:
+        sys.path.append(directory)
+    top = target.partition(":")[0].split(".")[0]
+    local = case.directory / f"{top}.py"
+    if local.is_file():
+        stamp = (str(local.resolve()), local.stat().st_mtime_ns)
+        if getattr(sys.modules.get(top), "__parity_stamp__", None) != stamp:
+            _load_file(top, local).__parity_stamp__ = stamp
+    return load_object(target)
+
+
+def _load_file(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_object(path: str):
+    """Import `package.module:attribute` and return the attribute."""
+    module_name, _, attr = path.partition(":")
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ImportError(f"module {module_name!r} has no attribute {attr!r}") from None

@@ -1,0 +1,272 @@
+"""The case-file schema: pydantic models only (no YAML, no registry, no file system beyond hashing).
+
+Names of formats, backends and checks are plain strings here: which exist is decided by the
+registries, which the loader (:mod:`parity.case.load`) is handed through a
+:class:`~parity.case.catalog.Catalog`, so this package imports none of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationInfo,
+                      field_validator, model_validator)
+
+from parity.tolerance import Tolerance
+
+DTYPES = ("float32", "float16", "float64", "int64", "int32", "uint8", "bool")
+IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _import_path(value: str) -> str:
+    if not IMPORT_PATH.match(value):
+        raise ValueError(f"expected an import path 'package.module:function', got {value!r}")
+    return value
+
+
+class ModelSpec(_Strict):
+    """The model: an importable factory, its keyword arguments, a seed and optional weights."""
+
+    factory: str = Field(description="'package.module:function' returning a torch.nn.Module or a keras.Model")
+    framework: Optional[Literal["torch", "keras"]] = Field(
+        default=None, description="torch or keras; default: inferred from what the factory's module imports "
+        "(and confirmed against what the factory returns)")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+    weights: Optional[str] = Field(
+        default=None, description="torch: state dict, .pt/.pth (loaded weights_only) or .safetensors; keras: "
+        ".weights.h5 (model.save_weights); relative to the case file"
+    )
+
+    _check_factory = field_validator("factory")(classmethod(lambda cls, v: _import_path(v)))
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_suffix(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
+        if v is None:
+            return v
+        if info.data.get("framework") == "keras":
+            if not v.endswith(".weights.h5"):
+                raise ValueError(f"a Keras model loads a .weights.h5 file (model.save_weights), got {v!r}")
+        elif not v.endswith((".pt", ".pth", ".safetensors")):
+            raise ValueError(f"expected a .pt, .pth or .safetensors file, got {v!r}")
+        return v
+
+
+class InputSpec(_Strict):
+    """One named model input. ``shape`` is per sample: the batch dimension is the harness's."""
+
+    shape: Optional[list[PositiveInt]] = None
+    dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
+    distribution: Literal["normal", "uniform", "randint"] = "normal"
+    mean: float = 0.0
+    std: NonNegFloat = 1.0
+    low: float = 0.0
+    high: float = 1.0
+    file: Optional[str] = Field(default=None, description=".npz file of samples, relative to the case file")
+    key: Optional[str] = Field(default=None, description="array name inside `file` (default: the input's name)")
+
+    @model_validator(mode="after")
+    def _shape_or_file(self) -> "InputSpec":
+        if self.file is None and self.shape is None:
+            raise ValueError("give either 'shape' (per-sample, without the batch dimension) or 'file'")
+        if self.file is not None and not self.file.endswith(".npz"):
+            raise ValueError(f"'file' must be an .npz file, got {self.file!r}")
+        if self.distribution in ("uniform", "randint") and self.high <= self.low:
+            raise ValueError(f"'high' ({self.high}) must be greater than 'low' ({self.low})")
+        return self
+
+
+class Tolerances(_Strict):
+    """A default and overrides per format, per backend and per output name (most specific wins)."""
+
+    default: Tolerance = Field(default_factory=Tolerance)
+    formats: dict[str, Tolerance] = Field(default_factory=dict)
+    backends: dict[str, Tolerance] = Field(default_factory=dict)
+    outputs: dict[str, Tolerance] = Field(default_factory=dict)
+
+
+class ExportSpec(_Strict):
+    """How one format is produced: our exporter with options, the user's function, or a file."""
+
+    options: dict[str, Any] = Field(default_factory=dict)
+    function: Optional[str] = Field(
+        default=None, description="'package.module:function' called as f(model, example_inputs, path, **options)"
+    )
+    artefact: Optional[str] = Field(default=None, description="prebuilt artefact, relative to the case file")
+    isolate: Optional[bool] = Field(
+        default=None, description="export in a child process, so a crash or hang fails only this format "
+        "(default: the format's setting; on for converters that import TensorFlow or coremltools)")
+    timeout_s: Annotated[float, Field(gt=0)] = Field(default=900.0, description="isolated exports are killed after this")
+
+    @field_validator("function")
+    @classmethod
+    def _function_path(cls, v: Optional[str]) -> Optional[str]:
+        return None if v is None else _import_path(v)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ExportSpec":
+        if self.function is not None and self.artefact is not None:
+            raise ValueError("give 'function' or 'artefact', not both")
+        return self
+
+
+class Determinism(_Strict):
+    """Repeated runs: `runs` calls in one session and one in a fresh session must agree."""
+
+    runs: Annotated[int, Field(ge=2)] = 3
+    tolerance: dict[str, Tolerance] = Field(
+        default_factory=dict, description="per backend known not to be bitwise deterministic (GPU reductions); "
+        "default: bitwise identical")
+
+
+class DataSource(_Strict):
+    """Labelled or calibration data: a built-in source (``digits``) or an .npz file."""
+
+    source: Optional[Literal["digits"]] = None
+    split: Optional[Literal["train", "test", "calibration"]] = None
+    file: Optional[str] = Field(default=None, description=".npz relative to the case file")
+    inputs_key: str = "inputs"
+    labels_key: str = "labels"
+    samples: Optional[PositiveInt] = Field(default=None, description="use only the first N samples")
+
+    @model_validator(mode="after")
+    def _one(self) -> "DataSource":
+        if (self.source is None) == (self.file is None):
+            raise ValueError("give either 'source' (built-in: digits) or 'file' (.npz)")
+        return self
+
+
+class Accuracy(_Strict):
+    """Accuracy on labelled data, and the gates quantized (and all other) targets must meet."""
+
+    evaluation: DataSource
+    calibration: Optional[DataSource] = Field(
+        default=None, description="calibration data for INT8 exports (default: the source's 'calibration' "
+        "split, disjoint from evaluation; else the case's generated inputs)")
+    max_accuracy_drop: Annotated[float, Field(ge=0)] = Field(default=1.0, description="points below fp32 eager")
+    min_top1_agreement: Annotated[float, Field(ge=0, le=1)] = 0.97
+    min_sqnr_db: Optional[float] = None
+    drift_margin: Annotated[float, Field(ge=0)] = Field(
+        default=0.5, description="points the accuracy may fall below the one recorded with the golden")
+
+
+class LatencySpec(_Strict):
+    """How the latency check times each target, and an optional gate on the median.
+
+    ``max_p50_ms`` is one limit for every batch size, or a mapping batch size -> limit; a
+    batch size it does not name is reported, not gated.
+    """
+
+    warmup: NonNegativeInt = Field(default=10, description="untimed runs first (TorchScript optimises after ~5)")
+    runs: PositiveInt = Field(default=20, description="timed runs per batch size")
+    budget_s: PositiveFloat = Field(default=1.0, description="seconds each phase (warm-up, timed) may take per "
+                                                             "batch size before it stops early (after >= 3 runs)")
+    max_p50_ms: Optional[PositiveFloat | dict[PositiveInt, PositiveFloat]] = None
+
+    def limit_for(self, batch_size: int) -> Optional[float]:
+        if isinstance(self.max_p50_ms, dict):
+            return self.max_p50_ms.get(batch_size)
+        return self.max_p50_ms
+
+
+class Case(_Strict):
+    """A validated case file."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", description="an identifier: it names the case's "
+                      "golden directory (default: the file's stem)")
+    description: str = ""
+    model: ModelSpec
+    inputs: dict[str, InputSpec] = Field(min_length=1)
+    outputs: Optional[list[str]] = Field(default=None, min_length=1)
+    batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1, 2], min_length=1)
+    # The names below are checked against the registries by the loader (parity.case.load), which fills
+    # in the defaults: every format the framework exports to, every backend, every default check.
+    formats: list[str] = Field(default_factory=list, description="default: every format the model's framework "
+                               "exports to")
+    backends: list[str] = Field(default_factory=list, description="default: every backend")
+    checks: list[str] = Field(default_factory=list, description="default: every check that is not opt-in")
+    tolerance: Tolerances = Field(default_factory=Tolerances)
+    export: dict[str, ExportSpec] = Field(default_factory=dict)
+    accuracy: Optional[Accuracy] = Field(default=None, description="labelled evaluation data and INT8 gates")
+    batch_invariance: Tolerance = Field(
+        default_factory=Tolerance, description="tolerance of batch-size invariance (default scale 1e-4 for fp32)")
+    determinism: Determinism = Field(default_factory=Determinism)
+    latency: LatencySpec = Field(default_factory=LatencySpec)
+    xfail: Optional[str] = Field(default=None, description="reason: tests of this case are expected to fail")
+    xfail_checks: Optional[dict[str, Union[Literal["all"], list[str]]]] = Field(
+        default=None, description="which (check: formats) are expected to fail; default: every test")
+
+    # Set by the loader, not by the file.
+    path: str = ""
+
+    @field_validator("batch_sizes", "formats", "backends", "checks")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        dupes = sorted({str(x) for x in v if v.count(x) > 1})
+        if dupes:
+            raise ValueError(f"listed more than once: {', '.join(dupes)}")
+        return v
+
+    @model_validator(mode="after")
+    def _xfail_reason(self) -> "Case":
+        if self.xfail_checks is not None and not self.xfail:
+            raise ValueError("'xfail_checks' needs 'xfail': the reason the failures are expected")
+        return self
+
+    @property
+    def framework(self) -> str:
+        """The model's source framework (the loader fills it in when the file leaves it out)."""
+        return self.model.framework or "torch"
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.path).parent
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the case file, made absolute against the case file's directory."""
+        p = Path(relative)
+        return p if p.is_absolute() else self.directory / p
+
+    def tolerance_levels(self, fmt: str, backend: str, output: str) -> list[Optional[Tolerance]]:
+        """The tolerance levels that apply to one output, least specific first (see parity.tolerance.resolve)."""
+        return [self.tolerance.default, self.tolerance.formats.get(fmt), self.tolerance.backends.get(backend),
+                self.tolerance.outputs.get(output)]
+
+    def expects_failure(self, check: str, fmt: str) -> bool:
+        """Whether (check, fmt) of this case is a declared expected failure."""
+        if not self.xfail:
+            return False
+        if self.xfail_checks is None:
+            return True
+        formats = self.xfail_checks.get(check)
+        return formats == "all" or (isinstance(formats, list) and fmt in formats)
+
+    def input_fingerprint(self) -> str:
+        """Hash of everything that determines the generated inputs (golden files record it)."""
+        payload = {
+            "inputs": {k: v.model_dump() for k, v in self.inputs.items()},
+            "batch_sizes": self.batch_sizes,
+            "seed": self.model.seed,
+        }
+        for name, spec in self.inputs.items():
+            if spec.file:
+                payload["inputs"][name]["file_sha256"] = _sha256(self.resolve(spec.file))
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

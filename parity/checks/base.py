@@ -1,0 +1,159 @@
+"""The check protocol, the result every check returns, and helpers checks share. NumPy only.
+
+A check is one module of :mod:`parity.checks` that defines ``CHECK``, an instance of a
+:class:`Check` subclass. The registry (:mod:`parity.checks`) is derived from those modules and from
+the ``parity.checks`` entry-point group; the plugin and the reports ask the check (is it per
+backend, opt-in, does it apply to this case, is triage worth running when it fails), never a
+hard-coded name.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional, Protocol
+
+import numpy as np
+
+from parity.compare import OutputComparison, format_table
+from parity.formats import FORMATS
+from parity.pipeline.run import CaseRun
+
+if TYPE_CHECKING:
+    from parity.case import Case
+    from parity.golden import GoldenStore
+
+STATUSES = ("passed", "failed", "skipped", "error")
+
+
+class Context(Protocol):
+    """What a check may ask of the session running it (parity.session.Session provides it)."""
+
+    golden: "GoldenStore"
+    update_golden: bool
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one check of one target: a status, a message for people, metrics for machines."""
+
+    status: str
+    message: str = ""
+    metrics: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+
+
+class Check:
+    """One check: a name, where it applies, and ``run(case_run, format, backend, session) -> CheckResult``.
+
+    Class attributes say how the harness treats it:
+
+    - ``per_backend``: one test per (case, format, backend); False for static checks that read the
+      model and the artefact (lint): one test per (case, format)
+    - ``opt_in``: run only when a case lists it in ``checks``
+    - ``config``: the case field holding this check's settings (``None`` when it has none)
+    - ``triage``: when it fails, localising the first diverging module can explain it
+    - ``order``: position in the registry (and in a case's default check list)
+    """
+
+    name: str = ""
+    per_backend: bool = True
+    opt_in: bool = False
+    config: Optional[str] = None
+    triage: bool = False
+    order: int = 1000
+
+    def applies(self, case: "Case", fmt: str) -> bool:
+        """Whether this check has anything to measure for (case, format)."""
+        return True
+
+    def run(self, run: CaseRun, fmt: str, backend: str, session: "Context") -> CheckResult:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<check {self.name}>"
+
+
+def summary(rows: list[tuple[str, OutputComparison]]) -> dict:
+    """Worst figures over all rows, for the report's top level."""
+    compared = [c for _, c in rows if c.size]
+    if not compared:
+        return {}
+    top1 = [c.top1_agreement for c in compared if c.top1_agreement is not None]
+    return {
+        "max_abs": max(c.max_abs for c in compared),
+        "max_rel": max(c.max_rel for c in compared),
+        "scaled_error": max(c.scaled_error for c in compared),
+        "min_cosine": min(c.cosine for c in compared),
+        "n_outside": sum(c.n_outside for c in compared),
+        "nonfinite": sum(c.nonfinite for c in compared),
+        "min_scale": max(c.min_scale for c in compared),
+        "min_atol": max(c.min_atol for c in compared),
+        "tolerance_used": max(c.tolerance_used for c in compared),
+        "top1_agreement": min(top1) if top1 else None,
+        "vacuous": any(c.vacuous for c in compared),
+    }
+
+
+def per_output(rows: list[tuple[str, OutputComparison]]) -> dict:
+    out: dict = {}
+    for label, c in rows:
+        out.setdefault(c.name, {})[label] = c.metrics()
+    return out
+
+
+def _tolerance_lines(run: CaseRun, fmt: str, backend: str) -> str:
+    return "; ".join(f"{name}: {run.tolerance_for(fmt, backend, name).describe()}"
+                     for name in run.output_names)
+
+
+def verdict(title: str, rows: list[tuple[str, OutputComparison]], run: CaseRun, fmt: str, backend: str,
+             metrics: dict, notes: list[str] = (), extra_problems: list[str] = (),
+             tolerance_text: str = "") -> CheckResult:
+    failed = [(label, c) for label, c in rows if not c.passed]
+    metrics.update(summary(rows))
+    metrics["outputs"] = per_output(rows)
+    warnings = [f"{label} {c.name}: {c.problem}" for label, c in rows if c.passed and c.problem]
+    if not failed and not extra_problems:
+        return CheckResult("passed", "\n".join([*warnings, *notes]), metrics)
+    problems = [f"  {label} {c.name}: {c.problem}" for label, c in failed] + [f"  {p}" for p in extra_problems]
+    message = "\n".join([
+        f"{title}: {len(failed)} of {len(rows)} comparisons failed"
+        + (f", {len(extra_problems)} learned drift threshold(s) exceeded" if extra_problems else ""),
+        format_table(rows),
+        "problems:", *problems,
+        f"tolerance (|obtained-expected| <= atol + rtol*|expected| + scale*max|expected|): "
+        f"{tolerance_text or _tolerance_lines(run, fmt, backend)}",
+        *notes,
+    ])
+    return CheckResult("failed", message, metrics)
+
+
+def golden_versions() -> dict[str, Any]:
+    """Versions recorded with goldens: every package that can change an export or runtime result."""
+    from parity.versions import packages
+
+    return {"python": platform.python_version(), "numpy": np.__version__, **packages()}
+
+
+def update_command(case: str, fmt: str = "", backend: str = "") -> str:
+    words = " and ".join(w for w in (case, fmt, backend, "golden") if w)
+    return f"pytest parity/ --update-golden -k '{words}'"
+
+
+def training_findings(run: CaseRun, fmt: str) -> list:
+    from parity.errors import ExportError
+
+    found = list(run.model_findings)
+    try:
+        found += run.artefact_findings(fmt) or []
+    except ExportError:  # no artefact to read: the model's findings are the hint
+        pass
+    return found
+
+
+def precision(fmt: str) -> str:
+    return FORMATS[fmt].precision if fmt in FORMATS else "fp32"

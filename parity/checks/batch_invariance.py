@@ -1,0 +1,133 @@
+"""batch_invariance: a sample's output must not depend on the batch it is in."""
+
+from __future__ import annotations
+
+
+import numpy as np
+
+from parity.checks.base import Check, CheckResult, Context
+from parity.pipeline.run import CaseRun
+from parity.checks.base import precision, training_findings, verdict
+from parity.compare import OutputComparison, compare_output
+from parity.errors import short_error
+
+BATCH_MATES_HINT = "outputs depend on batch-mates: batch statistics at inference — BatchNorm in training mode?"
+
+BATCH_SIZE_HINT = ("small differences per batch size, not gross ones: kernels chosen per batch size (raise "
+                   "batch_invariance.scale if this is expected for the runtime)")
+
+DYNAMIC_QUANT_HINT = ("outputs depend on batch-mates: dynamic quantization computes activation scales per batch "
+                      "(a property of the route, not a bug in the export; use static quantization for "
+                      "batch-independent predictions)")
+#: Above this error (relative to max|output|) a batch difference is not float noise of kernel choice.
+GROSS = {"fp32": 1e-3, "fp16": 5e-2, "int8": 0.2}
+RANDOM_HINT = "outputs are random: dropout or a random op left on at inference?"
+
+
+def _slice(inputs: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+    return {k: v[start:stop] for k, v in inputs.items()}
+
+
+def _very_different(arr: np.ndarray) -> np.ndarray:
+    """Batch-mates unlike the sample under test: shifted and scaled (floats), reversed (integers)."""
+    if np.issubdtype(arr.dtype, np.floating):
+        return (arr.astype(np.float64) * 10.0 + 5.0).astype(arr.dtype)
+    return np.ascontiguousarray(np.flip(arr, axis=-1)) if arr.ndim > 1 else arr[::-1].copy()
+
+
+def check_batch_invariance(run: CaseRun, fmt: str, backend: str, session: "Context") -> CheckResult:
+    """A sample's output must not depend on the batch it is in.
+
+    Each sample is run alone (batch 1) and compared with the same sample inside a batch of every
+    listed size, and inside a batch whose other samples are very different (shifted and scaled).
+    """
+    case = run.case
+    n = max(case.batch_sizes)
+    tol = run.invariance_tolerance(fmt)
+    unsupported: dict[int, str] = {}
+    solo: list[dict[str, np.ndarray]] = []
+    from parity.errors import ExportError
+
+    try:
+        for i in range(n):
+            solo.append(run.run_target(fmt, backend, _slice(run.pool, i, i + 1)))
+    except ExportError:
+        raise  # no artefact at all: an error, not a batch size the artefact lacks
+    except Exception as e:
+        return CheckResult("skipped", f"the artefact does not run at batch 1 ({short_error(e, 2)}); batch-size "
+                           "invariance needs each sample alone", {"unsupported_batch_sizes": {1: str(e)}})
+    rows: list[tuple[str, OutputComparison]] = []
+    ran = [1]
+
+    def compare(label: str, batched: dict[str, np.ndarray], count: int) -> None:
+        for name, arr in batched.items():
+            if arr.ndim == 0 or arr.shape[0] != count:
+                continue  # not batched along dim 0: nothing to compare per sample
+            expected = np.concatenate([solo[j][name] for j in range(count)])
+            rows.append((label, compare_output(name, expected, arr, tol)))
+
+    for size in case.batch_sizes:
+        if size == 1:
+            continue
+        try:
+            batched = run.outputs(fmt, backend, size)
+        except Exception as e:
+            unsupported[size] = short_error(e, 2)
+            continue
+        ran.append(size)
+        compare(f"b{size}", batched, size)
+
+    m = max(n, 2)
+    mates = {k: _very_different(np.concatenate([v[1:m]] if n > 1 else [v[:1]])) for k, v in run.pool.items()}
+    mixed_inputs = {k: np.concatenate([run.pool[k][:1], mates[k]]) for k in run.pool}
+    try:
+        mixed = run.run_target(fmt, backend, mixed_inputs)
+        compare("mixed", {k: v[:1] for k, v in mixed.items()}, 1)
+    except Exception as e:
+        unsupported[m] = short_error(e, 2)
+
+    if not rows:
+        return CheckResult("skipped", "no batched output to compare (no output has the batch as dimension 0)")
+    failed_labels = {label for label, c in rows if not c.passed}
+    again = run.run_target(fmt, backend, _slice(run.pool, 0, 1))
+    random = any(not np.array_equal(again[k], solo[0][k], equal_nan=True) for k in again)
+    notes: list[str] = []
+    if unsupported:
+        notes.append("batch sizes the artefact does not run at (skipped): " +
+                     "; ".join(f"{b}: {msg}" for b, msg in unsupported.items()))
+    hint = ""
+    if failed_labels:
+        route = str(run.artefact_info(fmt).get("route", ""))
+        if random:
+            hint = RANDOM_HINT
+        elif "dynamic" in route:
+            hint = DYNAMIC_QUANT_HINT
+            if any(f.kind == "batchnorm-training" for f in training_findings(run, fmt)):
+                hint += " Batch statistics (BatchNorm in training mode) may add to it."
+        elif max(c.scaled_error for _, c in rows) > GROSS[precision(fmt)]:
+            hint = BATCH_MATES_HINT  # far beyond what kernel choice per batch size does to fp32
+        else:
+            hint = BATCH_SIZE_HINT
+        suspects = [f for f in training_findings(run, fmt) if f.kind in ("batchnorm-training", "training-mode")
+                    or (random and f.kind in ("dropout-training", "random-op"))]
+        notes.insert(0, "likely cause: " + hint)
+        notes += [f"  {f.describe()}" for f in suspects[:8]]
+    worst = {label: max(c.scaled_error for lab, c in rows if lab == label) for label in dict.fromkeys(l for l, _ in rows)}
+    metrics = {"runner": run.runner(fmt, backend).name, "batch_sizes_run": ran, "mixed_batch_size": m,
+               "unsupported_batch_sizes": unsupported, "error_by_batch": worst, "random": random, "hint": hint,
+               "tolerance": tol.model_dump()}
+    return verdict(f"batch-size invariance of {fmt}/{backend} (each sample alone vs inside a batch)", rows, run,
+                    fmt, backend, metrics, notes, tolerance_text=f"all outputs: {tol.describe()} (batch_invariance)")
+
+
+class BatchInvarianceCheck(Check):
+    name = "batch_invariance"
+    order = 30
+    config = "batch_invariance"
+    triage = True
+
+    def run(self, run, fmt, backend, session):
+        return check_batch_invariance(run, fmt, backend, session)
+
+
+CHECK = BatchInvarianceCheck()

@@ -1,0 +1,37 @@
+"""parity: each artefact on each backend against the eager reference, for every batch size."""
+
+from __future__ import annotations
+
+
+from parity.checks.base import Check, CheckResult, Context
+from parity.pipeline.run import CaseRun
+from parity.checks.base import verdict
+from parity.compare import OutputComparison, compare_outputs
+
+
+def check_parity(run: CaseRun, fmt: str, backend: str, session: "Context") -> CheckResult:
+    """Each artefact on each backend against the eager reference, for every batch size."""
+    case = run.case
+    rows: list[tuple[str, OutputComparison]] = []
+    for size in case.batch_sizes:
+        expected = run.reference(size)
+        obtained = run.outputs(fmt, backend, size)
+        for c in compare_outputs(expected, obtained, lambda name: run.tolerance_for(fmt, backend, name)):
+            rows.append((f"b{size}", c))
+    runner = run.runner(fmt, backend)
+    info = run.artefact_info(fmt)
+    metrics = {"runner": runner.name, "artefact": info, "batch_sizes": list(case.batch_sizes)}
+    notes = [*info.get("notes", []), *runner.notes]  # e.g. a layout the harness transposed
+    return verdict(f"parity of {fmt}/{backend} against the eager model", rows, run, fmt, backend, metrics, notes)
+
+
+class ParityCheck(Check):
+    name = "parity"
+    order = 10
+    triage = True
+
+    def run(self, run, fmt, backend, session):
+        return check_parity(run, fmt, backend, session)
+
+
+CHECK = ParityCheck()

@@ -1,0 +1,172 @@
+"""golden: today's outputs of each target on the golden inputs against the outputs recorded for it."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import numpy as np
+
+from parity.checks.base import Check, CheckResult, Context
+from parity.pipeline.run import CaseRun
+from parity.checks.base import golden_versions, update_command, verdict
+from parity.compare import OutputComparison, compare_outputs
+from parity.golden import key
+
+
+def _write_case_golden(run: CaseRun, session: "Context") -> None:
+    """inputs.npz, reference.npz and meta.json for the case, once per session."""
+    if run.golden_case_written:
+        return
+    case = run.case
+    store = session.golden
+    sizes = case.batch_sizes
+    reference = {key(name, b): arr for b in sizes for name, arr in run.reference(b).items()}
+    store.write_arrays(case.name, "inputs.npz", run.pool)
+    store.write_arrays(case.name, "reference.npz", reference)
+    store.write_json(case.name, "meta.json", {
+        "case": case.name,
+        "input_fingerprint": case.input_fingerprint(),
+        "batch_sizes": sizes,
+        "inputs": {name: {"shape": list(a.shape[1:]), "dtype": str(a.dtype)} for name, a in run.pool.items()},
+        "outputs": run.output_names,
+        "versions": golden_versions(),
+        "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })
+    run.golden_case_written = True
+
+
+def _errors_vs_reference(run: CaseRun, fmt: str, backend: str) -> dict[str, dict[str, float]]:
+    """Per output, the worst error of the target against the eager reference over all batch sizes."""
+    worst: dict[str, dict[str, float]] = {}
+    for size in run.case.batch_sizes:
+        for c in compare_outputs(run.reference(size), run.outputs(fmt, backend, size),
+                                 lambda n: run.tolerance_for(fmt, backend, n)):
+            w = worst.setdefault(c.name, {"max_abs": 0.0, "scaled_error": 0.0})
+            w["max_abs"] = max(w["max_abs"], c.max_abs)
+            w["scaled_error"] = max(w["scaled_error"], c.scaled_error)
+    return worst
+
+
+def _learned_drift(run: CaseRun, fmt: str, backend: str, recorded: dict) -> tuple[dict, list[str]]:
+    """Compare today's error vs the reference with the error recorded with the golden.
+
+    A target may still be "within tolerance" of both the eager model and its golden while having
+    become much less accurate (a runtime upgrade 100x less precise, still inside 1e-4): the
+    threshold learned at recording time, ``max(drift_factor x recorded, floor)``, catches that.
+    """
+    now = _errors_vs_reference(run, fmt, backend)
+    table: dict[str, dict] = {}
+    problems: list[str] = []
+    for name, err in now.items():
+        tol = run.tolerance_for(fmt, backend, name)
+        before = recorded.get(name, {}).get("scaled_error")
+        if before is None or isinstance(before, str):
+            continue
+        limit = max(before * tol.drift_factor, tol.drift_floor)
+        table[name] = {"recorded_error": before, "error_now": err["scaled_error"], "limit": limit,
+                       "drift_factor": tol.drift_factor, "floor": tol.drift_floor}
+        if err["scaled_error"] > limit:
+            problems.append(f"{name}: error vs the eager reference grew from {before:.3g} (recorded with the golden) "
+                            f"to {err['scaled_error']:.3g} of max|ref| now, beyond the learned limit {limit:.3g} "
+                            f"(max({tol.drift_factor:g} x recorded, floor {tol.drift_floor:g})): the export or "
+                            f"runtime became less accurate")
+    return table, problems
+
+
+def check_golden(run: CaseRun, fmt: str, backend: str, session: "Context") -> CheckResult:
+    """Today's outputs of the target on the golden inputs against the outputs recorded for it.
+
+    This catches export drift (a new exporter or runtime version computing something else) even
+    when the target still agrees with today's eager model.
+    """
+    case = run.case
+    store = session.golden
+    target = f"{fmt}-{backend}"
+    sizes = case.batch_sizes
+    fingerprint = case.input_fingerprint()
+
+    if session.update_golden:
+        _write_case_golden(run, session)
+        arrays = {key(name, b): arr for b in sizes for name, arr in run.outputs(fmt, backend, b).items()}
+        errors = _errors_vs_reference(run, fmt, backend)
+        store.write_arrays(case.name, f"{target}.npz", arrays)
+        store.write_json(case.name, f"{target}.json", {
+            "case": case.name, "format": fmt, "backend": backend,
+            "input_fingerprint": fingerprint,
+            "runner": run.runner(fmt, backend).name,
+            # export time and size vary from run to run (zip timestamps): the report has them, the golden not
+            "artefact": {k: v for k, v in run.artefact_info(fmt).items() if k not in ("path", "export_s", "size_bytes")},
+            "tolerance": {n: run.tolerance_for(fmt, backend, n).model_dump() for n in run.output_names},
+            "error_vs_reference": errors,
+            "versions": golden_versions(),
+            "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
+        return CheckResult("passed", f"golden written: {store.path(case.name, target + '.npz')}",
+                           {"golden_written": True})
+
+    meta = store.read_json(case.name, "meta.json")
+    if meta is None:
+        return CheckResult("failed", f"no golden for case {case.name!r} in {store.case_dir(case.name)}; create it "
+                           f"with: {update_command(case.name)}")
+    if meta.get("input_fingerprint") != fingerprint:
+        return CheckResult("failed", f"the golden of {case.name!r} was recorded for another input spec (fingerprint "
+                           f"{meta.get('input_fingerprint')} vs {fingerprint} now): the case's inputs, batch sizes "
+                           f"or seed changed since. Re-record it with: {update_command(case.name)}")
+    target_meta = store.read_json(case.name, f"{target}.json")
+    recorded = store.read_arrays(case.name, f"{target}.npz")
+    if recorded is None or target_meta is None:
+        return CheckResult("failed", f"no golden for {case.name} {fmt}/{backend} "
+                           f"({store.path(case.name, target + '.npz')}); create it with: "
+                           f"{update_command(case.name, fmt, backend)}")
+    if target_meta.get("input_fingerprint") != fingerprint:
+        return CheckResult("failed", f"the golden of {case.name} {fmt}/{backend} was recorded for other inputs than "
+                           f"the case's golden inputs; re-record it with: {update_command(case.name, fmt, backend)}")
+    golden_inputs = store.read_arrays(case.name, "inputs.npz") or {}
+    golden_reference = store.read_arrays(case.name, "reference.npz") or {}
+
+    rows: list[tuple[str, OutputComparison]] = []
+    reference_moved = 0.0
+    for size in sizes:
+        inputs = {name: arr[:size] for name, arr in golden_inputs.items()}
+        if list(inputs) != list(case.inputs):
+            return CheckResult("failed", f"golden inputs of {case.name} hold {list(inputs)}, the case declares "
+                               f"{list(case.inputs)}; re-record with: {update_command(case.name)}")
+        same = all(np.array_equal(inputs[n], run.inputs(size)[n]) for n in inputs)
+        obtained = run.outputs(fmt, backend, size) if same else run.run_target(fmt, backend, inputs)
+        expected = {name: recorded.get(key(name, size)) for name in run.output_names}
+        missing = [n for n, a in expected.items() if a is None]
+        if missing:
+            return CheckResult("failed", f"the golden of {case.name} {fmt}/{backend} has no {missing[0]!r} at batch "
+                               f"{size}; re-record it with: {update_command(case.name, fmt, backend)}")
+        for c in compare_outputs(expected, obtained, lambda name: run.tolerance_for(fmt, backend, name)):
+            rows.append((f"b{size}", c))
+        eager_now = run.reference(size) if same else run.run_eager(inputs)
+        for name in run.output_names:
+            old = golden_reference.get(key(name, size))
+            if old is not None and old.shape == eager_now[name].shape:
+                reference_moved = max(reference_moved, float(np.abs(old.astype(np.float64) - eager_now[name]).max()))
+    notes = []
+    if reference_moved > 0:
+        notes.append(f"note: the eager reference itself moved by up to {reference_moved:.3g} since the golden was "
+                     "recorded: the model, its weights or torch changed, not only the export")
+    drift, drift_problems = _learned_drift(run, fmt, backend, target_meta.get("error_vs_reference", {}))
+    metrics = {"runner": run.runner(fmt, backend).name, "golden": str(store.path(case.name, target + ".npz")),
+               "recorded": target_meta.get("recorded"), "recorded_versions": target_meta.get("versions"),
+               "reference_moved_max_abs": reference_moved, "learned_drift": drift}
+    return verdict(f"golden drift of {fmt}/{backend} (today vs {target}.npz)", rows, run, fmt, backend, metrics, notes,
+                    drift_problems)
+
+
+# ---------------------------------------------------------------- frozen-graph checks
+
+
+class GoldenCheck(Check):
+    name = "golden"
+    order = 20
+    triage = True
+
+    def run(self, run, fmt, backend, session):
+        return check_golden(run, fmt, backend, session)
+
+
+CHECK = GoldenCheck()

@@ -1,0 +1,89 @@
+"""CoreML export: ``coremltools.convert`` of a ``torch.jit.trace``, to an ML Program (.mlpackage).
+
+The compute precision is always explicit (the default of an mlprogram is FLOAT16): the
+registry has one format per precision, ``coreml`` (FLOAT32) and ``coreml_fp16`` (FLOAT16), so each
+has its own tolerance, goldens and test ids. The batch dimension is flexible
+(``ct.RangeDim(1, largest batch size)``), so one package serves every batch size of the case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import parity._triton_first  # noqa: F401  (coremltools imports tensorflow)
+import numpy as np
+import torch
+
+PRECISIONS = {"fp32": "FLOAT32", "fp16": "FLOAT16"}
+# Core ML inputs are fp16/fp32/int32 multi-arrays: other integer inputs are fed as int32.
+_INPUT_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float32,
+                 torch.int64: np.int32, torch.int32: np.int32, torch.int16: np.int32, torch.uint8: np.int32,
+                 torch.bool: np.bool_}
+
+
+def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_names: list[str],
+           output_names: list[str], precision: str = "fp32",
+           minimum_deployment_target: Optional[str] = None) -> dict:
+    """Trace `model` as it is (training flag included), convert it to an mlprogram and save it at `path`.
+
+    ``minimum_deployment_target`` is a name of ``coremltools.target`` (``iOS16``, ``macOS13``...);
+    by default coremltools picks the oldest target the program needs (iOS15 for these models).
+    """
+    import coremltools as ct
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    target = deployment_target(minimum_deployment_target)
+    batch = int(example_inputs[0].shape[0])
+    batch_dim = ct.RangeDim(lower_bound=1, upper_bound=batch, default=batch)  # one symbol shared by every input
+    inputs = [ct.TensorType(name=name, shape=(batch_dim, *x.shape[1:]), dtype=_INPUT_DTYPES.get(x.dtype, np.float32))
+              for name, x in zip(input_names, example_inputs)]
+    traced_inputs = tuple(x.to(torch.int32) if _INPUT_DTYPES.get(x.dtype) is np.int32 and x.dtype != torch.int32
+                          else x for x in example_inputs)
+    log = io.StringIO()
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):  # progress bars and version warnings
+        warnings.simplefilter("always")
+        traced = torch.jit.trace(model, traced_inputs, check_trace=False)
+        mlmodel = ct.convert(traced, inputs=inputs, outputs=[ct.TensorType(name=n) for n in output_names],
+                             convert_to="mlprogram", compute_precision=getattr(ct.precision, PRECISIONS[precision]),
+                             minimum_deployment_target=target, skip_model_load=True)
+        mlmodel.save(str(path))
+    messages = sorted({str(w.message).splitlines()[0] for w in caught
+                       if not issubclass(w.category, (DeprecationWarning, ResourceWarning))
+                       and "deprecat" not in str(w.message).lower() and "has not been tested" not in str(w.message)})
+    return {"exporter": "coremltools.convert(torch.jit.trace(model), convert_to='mlprogram')",
+            "coremltools": ct.__version__, "torch": torch.__version__,
+            "compute_precision": PRECISIONS[precision],
+            "minimum_deployment_target": str(minimum_deployment_target) if target is not None else "coremltools default",
+            "batch": f"flexible: ct.RangeDim(1, {batch})", "warnings": messages}
+
+
+def deployment_target(name: Optional[str]):
+    """``coremltools.target.<name>``, or None for coremltools' default; ValueError naming the known ones."""
+    import coremltools as ct
+
+    if name is None:
+        return None
+    target = getattr(ct.target, str(name), None)
+    if target is None:
+        known = ", ".join(t.name for t in ct.target)
+        raise ValueError(f"export.coreml.options.minimum_deployment_target {name!r} is not a coremltools.target; "
+                         f"known: {known}")
+    return target
+
+
+def export_fp32(model, example_inputs, path, *, input_names, output_names, **options) -> dict:
+    """The ``coreml`` format: compute precision FLOAT32."""
+    return export(model, example_inputs, path, input_names=input_names, output_names=output_names,
+                  precision="fp32", **options)
+
+
+def export_fp16(model, example_inputs, path, *, input_names, output_names, **options) -> dict:
+    """The ``coreml_fp16`` format: compute precision FLOAT16."""
+    return export(model, example_inputs, path, input_names=input_names, output_names=output_names,
+                  precision="fp16", **options)

@@ -1,0 +1,31 @@
+"""ONNX (``torch.onnx.export``, dynamo; tf2onnx for Keras), run in onnxruntime on CPU and CUDA;
+``onnx_int8``: onnxruntime.quantization of the fp32 export."""
+
+from parity.formats.spec import FormatInfo, keras_route
+
+_P = "parity.formats.onnx"
+_ONNX = ("onnx", "onnxruntime")
+
+ONNX = FormatInfo(
+    name="onnx",
+    exporter=f"{_P}.export:export",
+    runner=f"{_P}.runner:OnnxRuntimeRunner",
+    suffix=".onnx",
+    backends=("cpu", "cuda"),
+    requires=("torch", "onnx", "onnxruntime", "onnxscript"),
+    install="pip install 'parity[onnx]'",
+    exporter_options=("opset", "dynamo"),
+    linter=f"{_P}.lint:lint",
+    routes=(("keras", keras_route(f"{_P}.keras:onnx", ("tf2onnx", *_ONNX), ("opset",),
+                                  distributions=("tf2onnx", *_ONNX))),),
+    distributions=("torch", "onnx", "onnxscript", "onnxruntime"),
+    order=20,
+)
+
+FORMATS = [
+    ONNX,
+    ONNX.variant("onnx_int8", f"{_P}.quantize:onnx_int8", "int8", order=80,
+                 exporter_options=("mode", "per_channel", "reduce_range"),
+                 keras=keras_route(f"{_P}.keras:onnx_int8", ("tf2onnx", *_ONNX), ("mode", "per_channel", "reduce_range"),
+                                   distributions=("tf2onnx", *_ONNX))),
+]

@@ -1,0 +1,38 @@
+"""TorchScript on torch's CPU and CUDA devices."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+import parity._triton_first  # noqa: F401
+import torch
+
+from parity.frameworks.torch_tensors import flatten_outputs, to_torch
+from parity.formats.base import Runner
+from parity.frameworks.torch_tensors import cuda_unavailable_reason
+
+
+class TorchScriptRunner(Runner):
+    backends = ("cpu", "cuda")
+
+    @classmethod
+    def unavailable_reason(cls, backend: str) -> Optional[str]:
+        return super().unavailable_reason(backend) or (cuda_unavailable_reason() if backend == "cuda" else None)
+
+    @property
+    def name(self) -> str:
+        return f"torch {torch.__version__} TorchScript on {self.backend}"
+
+    def activate_impl(self) -> None:
+        self.module = torch.jit.load(str(self.artefact.path), map_location=self.backend)
+
+    def infer_impl(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with torch.inference_mode():
+            return flatten_outputs(self.module(*to_torch(inputs, self.backend)))
+
+    def deactivate_impl(self) -> None:
+        del self.module
+        if self.backend == "cuda":
+            torch.cuda.empty_cache()

@@ -1,0 +1,38 @@
+"""The child side of an isolated export (see :mod:`parity.pipeline.isolation`).
+
+``python -m parity.pipeline.isolated_export FORMAT OUT_DIR`` reads the validated case as JSON on
+its standard input, builds the model from the same factory and seed (so it is the same model),
+exports it exactly as the parent would and prints the exporter's metadata as JSON on its last
+stdout line. Its scratch directory is removed when it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from parity.case import Case
+from parity.errors import CaseError, ExportError
+from parity.pipeline.isolation import ERROR, MARK
+
+
+def _child(fmt: str, out_dir: str) -> int:
+    import tempfile
+
+    from parity.pipeline.run import CaseRun
+
+    case = Case.model_validate_json(sys.stdin.read())  # validated by the parent: the same case
+    with tempfile.TemporaryDirectory(prefix="parity-isolated-") as scratch:
+        run = CaseRun(case, Path(scratch))
+        try:
+            metadata, source = run.export_files(fmt, Path(out_dir))
+        except (ExportError, CaseError) as e:
+            print(ERROR + json.dumps(str(e)), flush=True)
+            return 3
+    print(MARK + json.dumps({"metadata": metadata, "source": source}, default=str), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_child(*sys.argv[1:3]))

@@ -1,0 +1,450 @@
+"""The memoised per-case stages: case -> model -> reference -> artefact -> runner -> outputs.
+
+:class:`CaseRun` holds everything computed for one case and computes each piece at most once: the
+model is built once, each artefact exported once, each runner activated once and reused by every
+check of that target, each (target, batch) inferred once. Failures are cached too, so a failed
+export fails every test of that format without being retried.
+
+This module imports no framework at import time; the framework and format modules are imported
+when first needed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import time
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+
+from parity import tolerance
+from parity.artefact import Artefact, Expected
+from parity.case import Case, load_object
+from parity.errors import BackendUnavailable, CaseError, ExportError, short_error
+from parity.formats import FORMATS
+from parity.pipeline.inputs import batch, make_pool
+
+if TYPE_CHECKING:
+    from parity.pipeline.cache import Cache
+
+
+class CaseRun:
+    """Everything computed for one case, each piece at most once."""
+
+    def __init__(self, case: Case, build_dir: Path, cache: Optional["Cache"] = None) -> None:
+        from parity.pipeline.cache import Cache
+
+        self.case = case
+        self.build_dir = Path(build_dir) / case.name
+        self.cache = cache if cache is not None else Cache(Path(build_dir) / "cache")
+        self._model = None
+        self._model_error: Optional[BaseException] = None
+        self._reference: dict[int, dict[str, np.ndarray]] = {}
+        self._artefacts: dict[str, Artefact | BaseException] = {}
+        self._runners: dict[tuple[str, str], object] = {}
+        self._outputs: dict[tuple[str, str, int], dict[str, np.ndarray]] = {}
+        self._findings: dict[str, Optional[list]] = {}  # artefact lint per format
+        self.eval_reference: Optional[np.ndarray] = None  # fp32 eager scores on the accuracy data (set by that check)
+        self.timings: dict[str, float] = {}
+        self.golden_case_written = False
+
+    # ---- inputs and reference
+    @cached_property
+    def pool(self) -> dict[str, np.ndarray]:
+        return make_pool(self.case)
+
+    def inputs(self, size: int) -> dict[str, np.ndarray]:
+        return batch(self.pool, size)
+
+    @cached_property
+    def framework(self):
+        """The module of the case's source framework (see parity.frameworks)."""
+        from parity import frameworks
+
+        return frameworks.load(self.case.framework)
+
+    # ---- tolerances (the case's levels, at the format's precision)
+    def precision(self, fmt: str) -> str:
+        return FORMATS[fmt].precision if fmt in FORMATS else "fp32"
+
+    def tolerance_for(self, fmt: str, backend: str, output: str) -> tolerance.ResolvedTolerance:
+        """Merge default <- format <- backend <- output, field by field."""
+        return tolerance.resolve(self.case.tolerance_levels(fmt, backend, output), self.precision(fmt))
+
+    def invariance_tolerance(self, fmt: str) -> tolerance.ResolvedTolerance:
+        """Batch-size invariance: the case's `batch_invariance`, else a tight scale per precision."""
+        return tolerance.invariance(self.case.batch_invariance, self.case.tolerance.formats.get(fmt),
+                                    self.precision(fmt))
+
+    def determinism_tolerance(self, backend: str) -> Optional[tolerance.ResolvedTolerance]:
+        """None means bitwise identical (the default)."""
+        return tolerance.determinism(self.case.determinism.tolerance.get(backend))
+
+    @property
+    def model(self):
+        """The model exactly as the factory returned it (weights loaded). Built once."""
+        if self._model_error is not None:
+            raise self._model_error
+        if self._model is None:
+            try:
+                start = time.perf_counter()
+                self._model = self.framework.build_model(self.case)
+                self.timings["build_model_s"] = time.perf_counter() - start
+            except CaseError as e:
+                self._model_error = e
+                raise
+            except Exception as e:
+                self._model_error = CaseError(self.case.path, "model.factory",
+                                              f"{self.case.model.factory} failed: {short_error(e, 4)}")
+                raise self._model_error from None
+        return self._model
+
+    @cached_property
+    def eager(self):
+        return self.framework.reference_model(self.model)
+
+    @cached_property
+    def _model_results(self) -> dict:
+        """Output names, eager reference per batch size and model lint: from the cache, or computed once.
+
+        Cached under the model key, so a warm run with nothing changed never builds the model.
+        """
+        from parity.pipeline.cache import model_key
+        from parity.findings import Finding
+
+        entry = self.cache.entry("model", model_key(self.case))
+        with self.cache.lock(entry):
+            if self.cache.complete(entry):
+                meta = self.cache.read_json(entry, "meta.json")
+                with np.load(entry / "reference.npz", allow_pickle=False) as data:
+                    arrays = {k: data[k] for k in data.files}
+                reference = {size: {name: arrays[f"{name}@b{size}"] for name in meta["output_names"]}
+                             for size in self.case.batch_sizes}
+                return {"output_names": meta["output_names"], "reference": reference,
+                        "findings": [Finding(**f) for f in meta["findings"]], "cached": True}
+            eager = self.eager  # builds the model (timed apart as build_model_s)
+            start = time.perf_counter()
+            raw = {size: self.framework.run_eager(eager, self.inputs(size)) for size in self.case.batch_sizes}
+            names = self._names_for(len(raw[min(raw)]))
+            reference = {size: dict(zip(names, arrays)) for size, arrays in raw.items()}
+            findings = self.framework.lint_model(self.model)
+            self.timings["reference_s"] = time.perf_counter() - start
+            with self.cache.writing(entry) as tmp:
+                np.savez(tmp / "reference.npz", **{f"{n}@b{size}": a for size, out in reference.items()
+                                                   for n, a in out.items()})
+                (tmp / "meta.json").write_text(json.dumps({"output_names": names,
+                                                           "findings": [f.as_dict() for f in findings]}))
+            return {"output_names": names, "reference": reference, "findings": findings, "cached": False}
+
+    def reference(self, size: int) -> dict[str, np.ndarray]:
+        if size not in self._reference:
+            cached = self._model_results["reference"]
+            self._reference[size] = cached[size] if size in cached else self.run_eager(self.inputs(size))
+        return self._reference[size]
+
+    def run_eager(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._name(self.framework.run_eager(self.eager, inputs))
+
+    @property
+    def output_names(self) -> list[str]:
+        return self._model_results["output_names"]
+
+    def _names_for(self, count: int) -> list[str]:
+        if self.case.outputs is not None:
+            if len(self.case.outputs) != count:
+                raise CaseError(self.case.path, "outputs", f"lists {len(self.case.outputs)} name(s) but the model "
+                                f"returns {count} tensor(s); list one name per returned tensor")
+            return list(self.case.outputs)
+        return ["output"] if count == 1 else [f"output{i}" for i in range(count)]
+
+    def _name(self, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
+        names = self.output_names
+        if len(arrays) != len(names):
+            raise ValueError(f"got {len(arrays)} output tensor(s), expected {len(names)} ({', '.join(names)})")
+        return dict(zip(names, arrays))
+
+    # ---- export
+    def example_inputs(self) -> dict[str, np.ndarray]:
+        """The batch exporters trace with: the largest batch size, at least 2 (batch 1 specializes)."""
+        inputs = self.inputs(max(self.case.batch_sizes))
+        return {k: (np.concatenate([v, v]) if v.shape[0] == 1 else v) for k, v in inputs.items()}
+
+    def artefact(self, fmt: str) -> Artefact:
+        if fmt not in self._artefacts:
+            try:
+                self._artefacts[fmt] = self._cached_export(fmt)
+            except (ExportError, CaseError) as e:
+                self._artefacts[fmt] = e
+        found = self._artefacts[fmt]
+        if isinstance(found, BaseException):
+            raise found
+        return found
+
+    def _cached_export(self, fmt: str) -> Artefact:
+        """The artefact from the export cache, or exported now and stored there.
+
+        The key covers everything that determines the artefact (parity.cache.export_key), so a
+        cached artefact is never stale; failures are not cached.
+        """
+        spec = self.case.export.get(fmt)
+        if spec is not None and spec.artefact is not None:
+            return self._inspect(Artefact(fmt, self.case.resolve(spec.artefact), "prebuilt", list(self.case.inputs),
+                                          self.output_names, {"prebuilt": True}))
+        from parity.pipeline.cache import export_key
+
+        key = export_key(self.case, fmt)
+        entry = self.cache.entry("export", key)
+        with self.cache.lock(entry):
+            if self.cache.complete(entry):
+                data = self.cache.read_json(entry, "artefact.json")
+                metadata = {**data["metadata"], "cached": True, "cache_key": key}
+                return Artefact(fmt, entry / data["file"], data["source"], data["input_names"], data["output_names"],
+                                metadata, {int(b): entry / name for b, name in data["batch_files"].items()})
+            with self.cache.writing(entry) as tmp:
+                artefact = self._export(fmt, tmp)
+                (tmp / "artefact.json").write_text(json.dumps({
+                    "file": artefact.path.name, "source": artefact.source, "input_names": artefact.input_names,
+                    "output_names": artefact.output_names, "metadata": artefact.metadata,
+                    "batch_files": {b: p.name for b, p in artefact.batch_paths.items()}}, default=str))
+            artefact.path = entry / artefact.path.name
+            artefact.batch_paths = {b: entry / p.name for b, p in artefact.batch_paths.items()}
+            artefact.metadata.update(cached=False, cache_key=key)
+            return artefact
+
+    def _export(self, fmt: str, out_dir: Path) -> Artefact:
+        """Export `fmt` into the empty directory `out_dir`."""
+        route = FORMATS[fmt].route(self.case.framework)
+        spec = self.case.export.get(fmt)
+        input_names = list(self.case.inputs)
+        jobs = self._jobs(fmt, out_dir)
+        isolate = spec.isolate if spec is not None and spec.isolate is not None else route.isolate
+        start = time.perf_counter()
+        if isolate:  # one child process exports every batch size of the format
+            from parity.pipeline.isolation import export_in_child
+
+            metadata, source = export_in_child(self.case, fmt, out_dir, spec.timeout_s if spec else 900.0)
+        else:
+            metadata, source = self.export_files(fmt, out_dir)
+        metadata["isolated"] = bool(isolate)  # the largest batch's export metadata
+        metadata["export_s"] = round(time.perf_counter() - start, 3)
+        self.timings[f"export_{fmt}_s"] = metadata["export_s"]
+        batch_paths = {size: path for size, path, _ in jobs if size is not None}
+        if batch_paths:
+            metadata["batch"] = "static: one artefact per batch size"
+            metadata["artefacts"] = {f"b{size}": path.name for size, path in batch_paths.items()}
+        artefact = Artefact(fmt, jobs[-1][1], source, input_names, self.output_names, metadata, batch_paths)
+        metadata["size_bytes"] = artefact.size_bytes
+        return self._inspect(artefact)
+
+    def _jobs(self, fmt: str, out_dir: Path) -> list[tuple[Optional[int], Path, dict]]:
+        """(batch size or None, file, example inputs) of each export a format needs."""
+        info = FORMATS[fmt]
+        if info.route(self.case.framework).static_batch:  # one artefact per batch size, each traced at that size
+            return [(size, out_dir / f"model.b{size}{info.suffix}", self.inputs(size))
+                    for size in sorted(self.case.batch_sizes)]
+        return [(None, out_dir / f"model{info.suffix}", self.example_inputs())]
+
+    def export_files(self, fmt: str, out_dir: Path) -> tuple[dict, str]:
+        """Write every file of `fmt` into `out_dir` in this process; (metadata of the last, source)."""
+        metadata: dict = {}
+        source = ""
+        for size, path, inputs in self._jobs(fmt, out_dir):
+            model = self.framework.model_for_export(self.model)  # torch: a pristine copy (tracing may mutate it)
+            try:
+                metadata, source = self.export_module(fmt, model, self.framework.export_inputs(inputs), path,
+                                                      list(self.case.inputs), self.output_names)
+            except ExportError as e:
+                if size is None:
+                    raise
+                raise ExportError(f"{e} (batch size {size})") from e
+        return metadata, source
+
+    def expected(self, fmt: str = "") -> Expected:
+        """Shapes and dtypes the case gives and expects, per batch size, and the precision `fmt`
+        promises (for structural checks)."""
+        sizes = tuple(sorted(self.case.batch_sizes))
+        return Expected(
+            batch_sizes=sizes,
+            inputs={b: {n: tuple(a.shape) for n, a in self.inputs(b).items()} for b in sizes},
+            input_dtypes={n: str(a.dtype) for n, a in self.pool.items()},
+            outputs={b: {n: tuple(a.shape) for n, a in self.reference(b).items()} for b in sizes},
+            precision=self.precision(fmt),
+        )
+
+    def _inspect(self, artefact: Artefact) -> Artefact:
+        """Run the format's inspector (structural checks) once; its findings join the artefact's metadata."""
+        info = FORMATS[artefact.format]
+        if not info.inspector:
+            return artefact
+        start = time.perf_counter()
+        try:
+            found = load_object(info.inspector)(artefact, self.expected(artefact.format))
+        except CaseError:
+            raise
+        except Exception as e:
+            raise ExportError(f"the {artefact.format} artefact {artefact.path.name} failed its structural checks: "
+                              f"{short_error(e)}") from e
+        self.timings[f"inspect_{artefact.format}_s"] = time.perf_counter() - start
+        artefact.metadata.update(found or {})
+        return artefact
+
+    def export_module(self, fmt: str, module, example: tuple, path: Path, input_names: list[str],
+                      output_names: list[str]) -> tuple[dict, str]:
+        """Export `module` to `path` the way this case exports `fmt`: the case's own export
+        function with its options, or the built-in exporter. Returns (metadata, source).
+        Used for the whole model and, by triage, for single submodules."""
+        spec = self.case.export.get(fmt)
+        options = dict(spec.options) if spec is not None else {}
+        own = spec is not None and spec.function is not None
+        who = f"the case's export function {spec.function}" if own else f"the built-in {fmt} exporter"
+        source = f"function:{spec.function}" if own else "parity"
+        try:
+            if own:
+                from parity.case import import_from_case
+
+                try:
+                    function = import_from_case(self.case, spec.function)
+                except Exception as e:
+                    raise CaseError(self.case.path, f"export.{fmt}.function",
+                                    f"cannot import {spec.function}: {short_error(e, 4)}") from None
+                metadata = function(module, example, path, **options) or {}
+            else:
+                function = load_object(FORMATS[fmt].route(self.case.framework).exporter)
+                accepted = inspect.signature(function).parameters
+                if "batch_sizes" in accepted:
+                    options["batch_sizes"] = list(self.case.batch_sizes)  # for exporters with a static fallback
+                if "calibration" in accepted:
+                    options["calibration"] = self.calibration_data()  # for quantizing exporters
+                metadata = function(module, example, path, input_names=input_names, output_names=output_names,
+                                    **options)
+        except CaseError:
+            raise
+        except Exception as e:
+            raise ExportError(f"{who} raised {short_error(e)}") from e
+        if not path.exists():
+            raise ExportError(f"{who} wrote nothing at {path}")
+        return (dict(metadata) if isinstance(metadata, dict) else {}), source
+
+    def calibration_data(self) -> dict[str, np.ndarray]:
+        """Calibration samples for quantizing exporters (never the evaluation data)."""
+        acc = self.case.accuracy
+        if acc is not None and acc.calibration is not None:
+            return self.load_data(acc.calibration)[0]
+        if acc is not None and acc.evaluation.source is not None:
+            from parity.case import DataSource
+
+            return self.load_data(DataSource(source=acc.evaluation.source, split="calibration"))[0]
+        return self.pool
+
+    def load_data(self, spec) -> tuple[dict[str, np.ndarray], Optional[np.ndarray]]:
+        """(inputs by name, labels or None) of a DataSource."""
+        names = list(self.case.inputs)
+        if spec.source is not None:
+            from parity.pipeline.datasets import load
+
+            x, y = load(spec.source, spec.split or "test", spec.samples)
+            declared = self.case.inputs[names[0]]
+            if declared.shape is not None and list(x.shape[1:]) != declared.shape and \
+                    [*x.shape[2:], x.shape[1]] == declared.shape:
+                x = np.moveaxis(x, 1, -1)  # a channels-last case (Keras) gets the images channels-last
+            return {names[0]: np.ascontiguousarray(x.astype(declared.dtype))}, y
+        with np.load(self.case.resolve(spec.file), allow_pickle=False) as data:
+            if len(names) == 1 and spec.inputs_key in data.files:
+                inputs = {names[0]: data[spec.inputs_key]}
+            else:
+                inputs = {n: data[n] for n in names}
+            labels = data[spec.labels_key] if spec.labels_key in data.files else None
+        if spec.samples:
+            inputs = {k: v[:spec.samples] for k, v in inputs.items()}
+            labels = None if labels is None else labels[:spec.samples]
+        return inputs, labels
+
+    # ---- run
+    def runner(self, fmt: str, backend: str):
+        """The activated runner of (fmt, backend), created once and reused by every check."""
+        k = (fmt, backend)
+        if k not in self._runners:
+            artefact = self.artefact(fmt)
+            runner_cls = load_object(FORMATS[fmt].runner_for(backend))
+            try:
+                start = time.perf_counter()
+                self._runners[k] = runner_cls(artefact, backend).activate()
+                self._time(f"load_{fmt}_{backend}_s", start)
+            except BackendUnavailable:
+                raise
+            except Exception as e:
+                self._runners[k] = ExportError(f"{fmt} artefact {artefact.path.name} could not be loaded by "
+                                               f"{runner_cls.__name__} on {backend}: {short_error(e)}")
+        found = self._runners[k]
+        if isinstance(found, BaseException):
+            raise found
+        return found
+
+    def run_target(self, fmt: str, backend: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        runner = self.runner(fmt, backend)
+        start = time.perf_counter()
+        outputs = runner.infer(inputs)
+        self.timings[f"infer_{fmt}_{backend}_s"] = self.timings.get(f"infer_{fmt}_{backend}_s", 0.0) + \
+            time.perf_counter() - start
+        return self._name(outputs)
+
+    def outputs(self, fmt: str, backend: str, size: int) -> dict[str, np.ndarray]:
+        k = (fmt, backend, size)
+        if k not in self._outputs:
+            self._outputs[k] = self.run_target(fmt, backend, self.inputs(size))
+        return self._outputs[k]
+
+    def fresh_runner(self, fmt: str, backend: str):
+        """A new, activated runner (a fresh runtime session); the caller deactivates it."""
+        runner_cls = load_object(FORMATS[fmt].runner_for(backend))
+        start = time.perf_counter()
+        runner = runner_cls(self.artefact(fmt), backend).activate()
+        self._time(f"load_{fmt}_{backend}_s", start)
+        return runner
+
+    def _time(self, key: str, start: float) -> None:
+        """Add the seconds since `start` to timings[key] (framework work, for the overhead figure)."""
+        self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
+
+    @property
+    def model_findings(self) -> list:
+        """Training-mode lint of the model handed to exporters (as the factory returned it)."""
+        return self._model_results["findings"]
+
+    def artefact_findings(self, fmt: str) -> Optional[list]:
+        """Static lint of the artefact, or None when the format has no linter."""
+        if fmt not in self._findings:
+            linter = FORMATS[fmt].linter
+            self._findings[fmt] = None if linter is None else self._lint_artefact(fmt, linter)
+        return self._findings[fmt]
+
+    def _lint_artefact(self, fmt: str, linter: str) -> list:
+        """Lint findings of a cached artefact are cached beside it (loading a program can take seconds)."""
+        from parity.findings import Finding
+
+        artefact = self.artefact(fmt)
+        stored = artefact.path.parent / "findings.json" if artefact.metadata.get("cache_key") else None
+        if stored is not None and stored.is_file():
+            return [Finding(**f) for f in json.loads(stored.read_text())]
+        start = time.perf_counter()
+        findings = load_object(linter)(artefact.path)
+        self._time(f"lint_{fmt}_s", start)
+        if stored is not None:
+            tmp = stored.with_name(f".findings.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps([f.as_dict() for f in findings]))
+            os.replace(tmp, stored)
+        return findings
+
+    def artefact_info(self, fmt: str) -> dict:
+        a = self.artefact(fmt)
+        return {"path": str(a.path), "source": a.source, **a.metadata}
+
+    def close(self) -> None:
+        for r in self._runners.values():
+            if not isinstance(r, BaseException):
+                r.deactivate()
+        self._runners.clear()

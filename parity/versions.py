@@ -1,0 +1,47 @@
+"""The one list of packages whose versions matter, and reading their versions without importing them.
+
+Derived from the registries: every format's and route's ``distributions`` (the converters and
+runtimes), every framework's (the model libraries), and the harness's own. The export cache key,
+the metadata recorded with goldens and the run record all read :func:`packages`, so drift on any
+target can be traced to the library that moved.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from functools import lru_cache
+from typing import Iterable, Optional
+
+#: The harness itself and what every run depends on.
+CORE = ("parity", "numpy", "pydantic", "pytest", "pytest-xdist", "scikit-learn")
+#: Other distributions of the same package: a CPU/GPU build recorded under its own name.
+ALIASES = {"tensorflow": ("tensorflow-cpu",), "onnxruntime": ("onnxruntime-gpu",)}
+
+
+@lru_cache(maxsize=1)
+def names() -> tuple[str, ...]:
+    """Every distribution whose version is recorded, in a stable order."""
+    from parity.formats import FORMATS
+    from parity.frameworks import DISTRIBUTIONS
+
+    found: list[str] = list(CORE)
+    for dists in DISTRIBUTIONS.values():
+        found += dists
+    for info in FORMATS.values():
+        found += info.distributions
+        for framework in info.frameworks:
+            found += info.route(framework).distributions
+    for name in list(found):
+        found += ALIASES.get(name, ())
+    return tuple(dict.fromkeys(found))
+
+
+def packages(only: Optional[Iterable[str]] = None) -> dict[str, str]:
+    """name -> installed version of each distribution in `only` (default: :func:`names`) that is installed."""
+    found = {}
+    for name in (names() if only is None else only):
+        try:
+            found[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return found

@@ -1,0 +1,185 @@
+"""TFLite: litert-torch export per batch size, the LiteRT runner's two CPU backends, and layouts.
+
+End to end through pytest (pytester, like test_plugin.py): a clean model passes on ``cpu`` and
+``cpu-ref``; an NHWC artefact is transposed and the report says so; an artefact whose layout is
+wrong (height and width swapped inside) fails parity; a static artefact that cannot be resized to
+another batch size fails with the reason; ``cuda`` and a missing package are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+import parity._triton_first  # noqa: F401  (before anything imports tensorflow)
+
+pytest.importorskip("litert_torch")
+pytest.importorskip("ai_edge_litert")
+
+from conftest import SMALL_CASE, by_id, run_suite, write_case  # noqa: E402
+
+
+#: Models and export functions for these tests, written beside the case files.
+TFLITE_MODELS = '''
+import torch
+from torch import nn
+
+
+class Features(nn.Module):
+    """A 4-D output (N, C, H, W), so output layout matters too."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x))
+
+
+def features():
+    torch.manual_seed(1)
+    return Features().eval()
+
+
+def swapped_hw_export(model, example_inputs, path):
+    """A buggy mobile export: takes NHWC, but reads it as N, W, H, C (height and width swapped)."""
+    import litert_torch
+
+    class Wrong(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x.permute(0, 3, 2, 1))
+
+    nhwc = tuple(x.permute(0, 2, 3, 1).contiguous() for x in example_inputs)
+    litert_torch.convert(Wrong(model.eval()), nhwc).export(str(path))
+    return {"exporter": "swapped_hw"}
+'''
+
+SMALL_TFLITE = SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [tflite]").replace(
+    "backends: [cpu]", "backends: [cpu, cpu-ref, cuda]") + "checks: [parity]\n"
+FEATURES_CASE = """
+model: {factory: 'tflite_models:features'}
+inputs:
+  x: {shape: [3, 8, 8]}
+batch_sizes: [1, 3]
+formats: [tflite]
+backends: [cpu]
+checks: [parity]
+"""
+
+
+def artefact_file(records: dict, test: str, name: str) -> Path:
+    """A file of the artefact a test used (artefacts live in the export cache, keyed by content)."""
+    return Path(records[test]["metrics"]["artefact"]["path"]).parent / name
+
+
+@pytest.fixture
+def suite(pytester, case_dir):
+    (case_dir / "tflite_models.py").write_text(TFLITE_MODELS, encoding="utf-8")
+
+    def run(*args: str):
+        result, records = run_suite(pytester, case_dir, *args)
+        return result, by_id(records)
+
+    return run
+
+
+def test_clean_nhwc_and_wrong_layout(suite, case_dir):
+    write_case(case_dir, "small", SMALL_TFLITE)
+    write_case(case_dir, "nhwc", FEATURES_CASE + "export:\n  tflite: {options: {layout: nhwc}}\n")
+    write_case(case_dir, "wrong", FEATURES_CASE + "export:\n  tflite: {function: 'tflite_models:swapped_hw_export'}\n")
+    result, records = suite()
+    result.assert_outcomes(passed=3, failed=1, skipped=1)
+
+    # a clean model: both CPU backends pass, one artefact per batch size, runner named
+    cpu, ref = records["small-tflite-cpu-parity"], records["small-tflite-cpu-ref-parity"]
+    assert cpu["status"] == ref["status"] == "passed"
+    artefact = cpu["metrics"]["artefact"]
+    assert artefact["batch"] == "static: one artefact per batch size"
+    assert artefact["artefacts"] == {"b1": "model.b1.tflite", "b3": "model.b3.tflite"}
+    assert artefact["layout"] == {"inputs": {"x": "as the case"}, "outputs": {"logits": "as the case"}}
+    assert "FULLY_CONNECTED" in artefact["ops"]
+    assert "XNNPACK" in cpu["metrics"]["runner"] and "BUILTIN_REF" in ref["metrics"]["runner"]
+    assert cpu["metrics"]["scaled_error"] < 1e-5
+    assert "no GPU delegate on Linux" in records["small-tflite-cuda-parity"]["message"]
+
+    # NHWC in and out: transposed by the harness, said in the report, and correct
+    nhwc = records["nhwc-tflite-cpu-parity"]
+    assert nhwc["status"] == "passed", nhwc["message"]
+    assert nhwc["metrics"]["artefact"]["layout"] == {"inputs": {"x": "channels-last"},
+                                                     "outputs": {"output": "channels-last"}}
+    assert "inputs x are channels-last (NHWC)" in nhwc["message"]
+    assert "outputs output are channels-last (NHWC)" in nhwc["message"]
+
+    # the same shapes with height and width swapped inside: the layout looks right, the numbers are not
+    wrong = records["wrong-tflite-cpu-parity"]
+    assert wrong["status"] == "failed"
+    assert wrong["metrics"]["artefact"]["layout"]["inputs"] == {"x": "channels-last"}
+    assert wrong["metrics"]["scaled_error"] > 0.1
+    result.stdout.fnmatch_lines(["*parity of tflite/cpu against the eager model: 2 of 2 comparisons failed*"])
+
+
+def test_prebuilt_static_artefact_resized_or_refused(suite, case_dir, pytester):
+    # conv-only model: the batch-3 artefact resizes to batch 1, and the report says so
+    write_case(case_dir, "features", FEATURES_CASE)
+    write_case(case_dir, "small", SMALL_TFLITE.replace("backends: [cpu, cpu-ref, cuda]", "backends: [cpu]"))
+    _, built = suite()
+    shutil.copy(artefact_file(built, "features-tflite-cpu-parity", "model.b3.tflite"), case_dir / "features.tflite")
+    shutil.copy(artefact_file(built, "small-tflite-cpu-parity", "model.b3.tflite"), case_dir / "small.tflite")
+    for name in ("features", "small"):
+        path = case_dir / f"{name}.yaml"
+        path.write_text(path.read_text() + f"export:\n  tflite: {{artefact: {name}.tflite}}\n")
+    result, records = suite()
+    result.assert_outcomes(passed=1, failed=1)
+    resized = records["features-tflite-cpu-parity"]
+    assert resized["status"] == "passed"
+    assert "exported at batch size 3; the runner resizes it to 1" in resized["message"]
+    # the classifier's flatten baked batch 3 into a reshape: resizing fails, and says why
+    refused = records["small-tflite-cpu-parity"]
+    assert refused["status"] == "error"
+    assert "static batch size of 3 and cannot be resized to 1" in refused["message"]
+
+
+def test_artefact_for_other_input_shape_fails_structural_check(suite, case_dir, pytester):
+    write_case(case_dir, "features", FEATURES_CASE)
+    _, built = suite()
+    shutil.copy(artefact_file(built, "features-tflite-cpu-parity", "model.b3.tflite"), case_dir / "frozen.tflite")
+    (case_dir / "features.yaml").write_text(FEATURES_CASE.replace("shape: [3, 8, 8]", "shape: [3, 8, 10]")
+                                            + "export:\n  tflite: {artefact: frozen.tflite}\n")
+    result, records = suite()
+    result.assert_outcomes(failed=1)
+    message = records["features-tflite-cpu-parity"]["message"]
+    assert "failed its structural checks" in message
+    assert "input 'x' (position 0)" in message and "(1, 3, 8, 8)" in message and "(1, 3, 8, 10)" in message
+
+
+def test_missing_package_skips_with_install_command(monkeypatch, case_dir):
+    from parity.formats.spec import FormatInfo
+    from parity.session import Session
+    from parity.catalog import load_case
+
+    case = load_case(write_case(case_dir, "small", SMALL_TFLITE))
+    monkeypatch.setattr(FormatInfo, "missing_modules", lambda self, framework="torch": ["ai_edge_litert"])
+    result = Session(case_dir / "build", case_dir / "golden").run_check(case, "tflite", "cpu", "parity")
+    assert result.status == "skipped"
+    assert result.message == "tflite skipped: ai_edge_litert not installed; pip install 'parity[tflite]'"
+
+
+def test_layout_matching():
+    from parity.formats.tflite.runner import AS_CASE, CHANNELS_LAST, match_layout, to_channels_first, to_channels_last
+
+    assert match_layout((2, 3, 8, 9), (2, 3, 8, 9)) == AS_CASE
+    assert match_layout((2, 8, 9, 3), (2, 3, 8, 9)) == CHANNELS_LAST
+    assert match_layout((2, 9, 8, 3), (2, 3, 8, 9)) is None
+    assert match_layout((2, 3, 3, 3), (2, 3, 3, 3), prefer=CHANNELS_LAST) == CHANNELS_LAST  # ambiguous: declared wins
+    assert match_layout((2, 10), (2, 10)) == AS_CASE
+    import numpy as np
+
+    x = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)
+    assert to_channels_last(x).shape == (2, 4, 5, 3)
+    assert np.array_equal(to_channels_first(to_channels_last(x)), x)

@@ -1,0 +1,88 @@
+"""The export cache: a re-run with nothing changed re-exports nothing; any change to what
+determines an artefact re-exports, so a stale artefact is never used."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from conftest import SMALL_CASE, write_case
+from parity.session import Session
+from parity.catalog import load_case
+
+BODY = SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]") + "checks: [parity]\n"
+
+
+def parity_run(tmp_path, path, **kw):
+    session = Session(tmp_path / "build", tmp_path / "golden", **kw)
+    result = session.run_check(load_case(path), "onnx", "cpu", "parity")
+    session.close()
+    return result
+
+
+def test_warm_run_reuses_artefact_and_reference(case_dir, tmp_path):
+    path = write_case(case_dir, "c", BODY)
+    cold = parity_run(tmp_path, path)
+    warm = parity_run(tmp_path, path)
+    assert cold.status == warm.status == "passed"
+    assert cold.metrics["artefact"]["cached"] is False and warm.metrics["artefact"]["cached"] is True
+    assert cold.metrics["artefact"]["cache_key"] == warm.metrics["artefact"]["cache_key"]
+    assert parity_run(tmp_path, path, use_cache=False).metrics["artefact"]["cached"] is False
+
+
+def test_every_key_change_reexports(case_dir, tmp_path):
+    path = write_case(case_dir, "c", BODY)
+    keys = {parity_run(tmp_path, path).metrics["artefact"]["cache_key"]}
+
+    def changed(new_body=None, edit_models=None):
+        if new_body is not None:
+            path.write_text(new_body)
+        if edit_models is not None:
+            models = case_dir / "models.py"
+            models.write_text(edit_models(models.read_text()))
+        result = parity_run(tmp_path, path)
+        assert result.status == "passed", result.message  # the new artefact matches the new model
+        assert result.metrics["artefact"]["cached"] is False
+        keys.add(result.metrics["artefact"]["cache_key"])
+
+    changed(BODY.replace("seed: 3", "seed: 4"))                                 # seed
+    changed(BODY.replace("  seed: 3", "  seed: 3\n  kwargs: {classes: 6}"))      # factory kwargs
+    changed(BODY + "export:\n  onnx: {options: {opset: 17}}\n")                  # exporter options
+    changed(edit_models=lambda src: src.replace("uniform_(0.5, 2.0)", "uniform_(0.7, 2.0)"))  # factory source
+    changed(BODY.replace("shape: [3, 8, 8]", "shape: [3, 8, 8], std: 2"))       # inputs (traced with them)
+    assert len(keys) == 6
+
+
+def test_weights_content_is_part_of_the_key(case_dir, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    import sys
+    sys.path.insert(0, str(case_dir))
+    import models  # the tests' model module, beside the case
+
+    state = {k: v.contiguous() for k, v in models.small().state_dict().items()}
+    save_file(state, str(case_dir / "w.safetensors"))
+    path = write_case(case_dir, "w", BODY.replace("  seed: 3", "  seed: 3\n  weights: w.safetensors"))
+    first = parity_run(tmp_path, path)
+    state["fc.weight"] = state["fc.weight"] * 2
+    save_file(state, str(case_dir / "w.safetensors"))
+    second = parity_run(tmp_path, path)
+    assert second.status == "passed", second.message
+    assert second.metrics["artefact"]["cache_key"] != first.metrics["artefact"]["cache_key"]
+    assert second.metrics["artefact"]["cached"] is False
+    assert torch  # imported for safetensors.torch
+
+
+def test_failed_export_is_not_cached(case_dir, tmp_path):
+    path = write_case(case_dir, "b", BODY + "export:\n  onnx: {function: 'models:broken_export'}\n")
+    assert parity_run(tmp_path, path).status == "error"
+    assert not [p for p in (tmp_path / "build" / "cache" / "export").iterdir() if not p.name.endswith(".lock")]
+
+
+def test_cached_reference_equals_recomputed(case_dir, tmp_path):
+    path = write_case(case_dir, "r", BODY)
+    a = Session(tmp_path / "build", tmp_path / "g").case_run(load_case(path))
+    ref = a.reference(3)["logits"]
+    b = Session(tmp_path / "build", tmp_path / "g").case_run(load_case(path))
+    assert b._model_results["cached"] is True and b._model is None  # the model was not built
+    assert np.array_equal(b.reference(3)["logits"], ref)
