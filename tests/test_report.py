@@ -202,6 +202,17 @@ def test_html_draws_optional_plots_only_when_metrics_exist():
     assert "<svg" not in plain and "not recorded" in plain
 
 
+def test_html_renders_a_failing_lint_record():
+    """Lint records carry lists of findings under metrics.model / metrics.artefact, not dicts."""
+    finding = {"where": "features.1", "op": "BatchNorm2d", "detail": "batch statistics at inference"}
+    lint = {**_rec("cnn", "tflite", "lint", status="failed", model=[finding], artefact=[finding],
+                   artefact_linted=True, export_error=None), "backend": None,
+            "message": "training-mode lint of cnn/tflite: 2 finding(s)"}
+    page = html.render(Run([lint, _rec("cnn", "tflite", "parity", scaled_error=1e-7)]))
+    assert "training-mode lint of cnn/tflite: 2 finding(s)" in page
+    assert markdown.render(Run([lint])).count("lint") >= 1
+
+
 def test_svg_charts_are_well_formed_in_corner_cases():
     charts = [svg.histogram([], [], "empty", "x"), svg.histogram([1e-7, 1e-6], [3], "one bin", "x", note="2 zero"),
               svg.scatter([1.0], [1.0], "one point", "e", "o"), svg.scatter([], [], "none", "e", "o"),

@@ -137,7 +137,8 @@ def _accuracy_plots(record: dict) -> list[str]:
     if acc is not None and ref is not None:
         plots.append(svg.bars(["fp32", str(record.get("format"))], [ref, acc], "accuracy vs fp32", "accuracy",
                               log=False, colours=[svg.GREY, svg.RED if acc < ref else svg.GREEN]))
-    size = number(m.get("size_bytes")) or number((m.get("artefact") or {}).get("size_bytes"))
+    artefact = m.get("artefact")  # a dict on accuracy records, a list of findings on lint records
+    size = number(m.get("size_bytes")) or number(artefact.get("size_bytes") if isinstance(artefact, dict) else None)
     ref_size = number(m.get("fp32_size_bytes"))
     if size is not None and ref_size is not None:
         plots.append(svg.bars(["fp32", str(record.get("format"))], [ref_size / 1e6, size / 1e6],
