@@ -104,6 +104,13 @@ def compare_output(name: str, expected: np.ndarray, obtained: np.ndarray, tol: R
     result.min_atol = float(np.maximum(diff - tol.rtol * ref_abs - tol.scale * ref_max, 0.0).max())
     result.tolerance_used = tolerance_used(diff, bound)
 
+    if result.nonfinite:
+        # A NaN or Inf where the reference is finite is an unbounded error: the figures say so, so
+        # that nothing keyed on them (a matrix, a diff, a dashboard) reads a broken export as exact.
+        for figure in ("max_abs", "max_rel", "mean_abs", "scaled_error", "min_scale", "min_atol", "tolerance_used"):
+            setattr(result, figure, math.inf)
+        result.cosine = math.nan
+
     score = np.where(bad_nonfinite, np.inf, diff - bound)
     worst = np.unravel_index(int(np.argmax(score)), exp.shape)
     result.worst_index = [int(i) for i in worst]
@@ -177,6 +184,12 @@ def compare_outputs(expected: dict[str, np.ndarray], obtained: dict[str, np.ndar
                                             expected_shape=[], tolerance={},
                                             problem=f"unexpected output; the reference has: {', '.join(expected)}"))
     return results
+
+
+def min_cosine(values) -> float:
+    """The smallest cosine, NaN (undefined: a non-finite output) winning over every number."""
+    values = list(values)
+    return math.nan if any(math.isnan(v) for v in values) else min(values)
 
 
 def format_table(rows: list[tuple[str, OutputComparison]]) -> str:

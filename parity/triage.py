@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 
-from parity.compare import compare_outputs
+from parity.compare import compare_outputs, min_cosine
 from parity.errors import short_error
 from parity.pipeline.run import CaseRun
 from parity.errors import ExportError
@@ -178,7 +178,7 @@ def triage(run: CaseRun, fmt: str, backend: str, workdir: Optional[Path] = None)
         worst = max(rows, key=lambda c: c.scaled_error)
         failed = [c for c in rows if not c.passed and not c.vacuous]
         row = ModuleRow(path, op, "fail" if failed else "pass", max_abs=worst.max_abs, rel_error=worst.scaled_error,
-                        cosine=min(c.cosine for c in rows), detail=failed[0].problem if failed else "")
+                        cosine=min_cosine(c.cosine for c in rows), detail=failed[0].problem if failed else "")
         if alone is not None:
             batch_rows = compare_outputs({n: a[:1] for n, a in obtained.items() if a.ndim and a.shape[0] == size},
                                          {n: a for n, a in alone.items() if n in obtained and obtained[n].ndim

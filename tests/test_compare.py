@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
-from parity.compare import compare_output, compare_outputs, format_table
+from parity.compare import compare_output, compare_outputs, format_table, min_cosine
 from parity.tolerance import DEFAULT_SCALE, ResolvedTolerance
 
 DEFAULT = ResolvedTolerance(atol=0.0, rtol=0.0, scale=DEFAULT_SCALE)
@@ -97,6 +99,21 @@ def test_nan_in_output_fails_and_is_counted():
     assert not c.passed and c.nonfinite == 2
     assert "2 non-finite value(s)" in c.problem
     assert c.worst_index in ([1, 2], [3, 3])
+
+
+def test_nonfinite_output_makes_the_figures_nonfinite():
+    """A NaN export never reads as exact in the figures: error inf, cosine NaN, in the table and JSON."""
+    ref = logits()
+    obt = ref.copy()
+    obt[0, 1] = np.nan
+    c = compare_output("l", ref, obt, DEFAULT)
+    assert math.isinf(c.max_abs) and math.isinf(c.scaled_error) and math.isinf(c.tolerance_used)
+    assert math.isnan(c.cosine)
+    m = c.metrics()
+    assert m["scaled_error"] == "inf" and m["cosine"] == "nan"
+    table = format_table([("b1", c)])
+    assert " inf " in table and " nan " in table and "1.000000" not in table
+    assert math.isnan(min_cosine([1.0, c.cosine, 0.5])) and min_cosine([1.0, 0.5]) == 0.5
 
 
 def test_nan_in_both_matches():

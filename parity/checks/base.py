@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 import numpy as np
 
-from parity.compare import OutputComparison, format_table
+from parity.compare import OutputComparison, format_table, min_cosine
 from parity.formats import FORMATS
 from parity.pipeline.run import CaseRun
 
@@ -87,7 +87,7 @@ def summary(rows: list[tuple[str, OutputComparison]]) -> dict:
         "max_abs": max(c.max_abs for c in compared),
         "max_rel": max(c.max_rel for c in compared),
         "scaled_error": max(c.scaled_error for c in compared),
-        "min_cosine": min(c.cosine for c in compared),
+        "min_cosine": min_cosine(c.cosine for c in compared),
         "n_outside": sum(c.n_outside for c in compared),
         "nonfinite": sum(c.nonfinite for c in compared),
         "min_scale": max(c.min_scale for c in compared),

@@ -95,6 +95,8 @@ def fmt_error(value: Optional[float]) -> str:
         return ""
     if math.isinf(value):
         return "inf"
+    if math.isnan(value):
+        return "nan"
     return "0" if value == 0 else f"{value:.2g}"
 
 
