@@ -60,6 +60,18 @@ def _dir_option(config: pytest.Config, name: str, default: str) -> Path:
     return Path(value).resolve() if value else config.rootpath / default
 
 
+def rerun_prefix(config: pytest.Config) -> str:
+    """`pytest` with the arguments that chose these cases and goldens, as this run was invoked."""
+    import shlex
+
+    words = ["pytest", *(["--pyargs"] if config.getoption("pyargs", False) else []), *config.args]
+    for option in ("cases", "golden", "parity_build"):
+        value = config.getoption(option)
+        if value:
+            words += [f"--{option.replace('_', '-')}", value]
+    return " ".join(shlex.quote(str(w)) for w in words)
+
+
 @dataclass(frozen=True)
 class Target:
     """What one test item checks. A case file that failed to load is a target with only `load_error`."""
@@ -163,7 +175,8 @@ class _SessionAdapter:
         self.engine = Session(_dir_option(config, "parity_build", "build/parity"),
                               _dir_option(config, "golden", "golden"),
                               update_golden=config.getoption("update_golden"),
-                              use_cache=not config.getoption("parity_no_cache"))
+                              use_cache=not config.getoption("parity_no_cache"),
+                              rerun_prefix=rerun_prefix(config))
         self.triage_dir: Optional[Path] = None
         if config.getoption("parity_triage"):
             report = config.getoption("parity_report")

@@ -21,13 +21,14 @@ class Session:
     """Runs checks for many cases, sharing one CaseRun per case."""
 
     def __init__(self, build_dir: str | Path, golden_dir: str | Path, update_golden: bool = False,
-                 use_cache: bool = True) -> None:
+                 use_cache: bool = True, rerun_prefix: str = "pytest parity/") -> None:
         from parity.pipeline.cache import Cache
 
         self.build_dir = Path(build_dir)
         self.cache = Cache(self.build_dir / "cache", enabled=use_cache)
         self.golden = GoldenStore(golden_dir)
         self.update_golden = update_golden
+        self.rerun_prefix = rerun_prefix  # how this run was invoked, for the commands messages suggest
         self._runs: dict[str, CaseRun] = {}
 
     def case_run(self, case: Case) -> CaseRun:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SMALL_CASE, by_id, run_suite, write_case
+from conftest import SMALL_CASE, TEST_FILE, by_id, run_suite, write_case
 
 
 @pytest.fixture
@@ -16,12 +16,33 @@ def suite(pytester, case_dir):
     return lambda *args: run_suite(pytester, case_dir, *args)
 
 
+def test_suggested_update_command_runs_and_selects_exactly_that_case(suite, case_dir, pytester):
+    """The hint is this run's own command; its -k selects `net`, never `net_small` beside it."""
+    import re
+    import shlex
+
+    body = SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [torchscript]") + "checks: [golden]\n"
+    write_case(case_dir, "net", body)
+    write_case(case_dir, "net_small", body)
+    result, _ = suite()
+    hint = re.search(r"no golden for case 'net'.*?create it with: (pytest .*?)$", result.stdout.str(), re.M)
+    assert hint, result.stdout.str()[-2000:]
+    words = shlex.split(hint.group(1))
+    assert words[1] == TEST_FILE and words[words.index("--cases") + 1] == str(case_dir)
+    k = words[words.index("-k") + 1]
+    result, records = suite("--update-golden", "-k", k)
+    assert {r["case"] for r in records} == {"net"}
+    assert (pytester.path / "golden" / "net").is_dir() and not (pytester.path / "golden" / "net_small").exists()
+
+
 def test_clean_case_passes_and_golden_round_trip(suite, case_dir, pytester):
     write_case(case_dir, "small", SMALL_CASE + "checks: [parity, golden]\n")
     result, records = suite()
     # no golden yet: parity passes, golden fails with the command that creates it
     result.assert_outcomes(passed=2, failed=2)
-    result.stdout.fnmatch_lines(["*no golden for case 'small'*pytest parity/ --update-golden -k 'small and golden'*"])
+    assert (f"no golden for case 'small' in {pytester.path / 'golden' / 'small'}; create it with: pytest {TEST_FILE} "
+            f"--cases {case_dir} --golden {pytester.path / 'golden'} ") in result.stdout.str()
+    assert "--update-golden -k '[small- and golden]'" in result.stdout.str()
     parity = by_id(records)["small-onnx-cpu-parity"]
     assert parity["status"] == "passed"
     assert set(parity) >= {"case", "format", "backend", "check", "status", "message", "metrics"}

@@ -93,7 +93,7 @@ def check_accuracy(run: CaseRun, fmt: str, backend: str, session: "Context") -> 
         golden = store.read_json(case.name, name)
         if golden is None:
             problems.append(f"no golden accuracy for {fmt}/{backend} ({store.path(case.name, name)}); record it with: "
-                            f"{update_command(case.name, fmt, backend).replace(' and golden', ' and accuracy')}")
+                            f"{update_command(session, case.name, fmt, backend, check='accuracy')}")
         else:
             metrics["golden_accuracy"] = golden["accuracy"]
             if accuracy < golden["accuracy"] - acc.drift_margin:

@@ -31,6 +31,7 @@ class Context(Protocol):
 
     golden: "GoldenStore"
     update_golden: bool
+    rerun_prefix: str  # how this run was invoked, for commands that messages suggest
 
 
 @dataclass
@@ -139,9 +140,17 @@ def golden_versions() -> dict[str, Any]:
     return {"python": platform.python_version(), "numpy": np.__version__, **packages()}
 
 
-def update_command(case: str, fmt: str = "", backend: str = "") -> str:
-    words = " and ".join(w for w in (case, fmt, backend, "golden") if w)
-    return f"pytest parity/ --update-golden -k '{words}'"
+def update_command(session: "Context", case: str, fmt: str = "", backend: str = "", check: str = "golden") -> str:
+    """The command that re-records exactly these goldens, as this run was invoked.
+
+    Test ids read ``<case>-<format>-<backend>-<check>`` inside ``test_parity[...]``; anchoring the
+    expression on ``[`` and ``]`` selects this case alone (``-k net`` would also select ``net_small``).
+    """
+    target = "-".join(w for w in (case, fmt, backend) if w)
+    words = f"[{target}-{check}]" if fmt and backend else f"[{target}- and {check}]"
+    prefix = getattr(session, "rerun_prefix", "") or "pytest parity/"
+    return f"{prefix} --update-golden -k '{words}'"
+
 
 
 def training_findings(run: CaseRun, fmt: str) -> list:

@@ -107,20 +107,20 @@ def check_golden(run: CaseRun, fmt: str, backend: str, session: "Context") -> Ch
     meta = store.read_json(case.name, "meta.json")
     if meta is None:
         return CheckResult("failed", f"no golden for case {case.name!r} in {store.case_dir(case.name)}; create it "
-                           f"with: {update_command(case.name)}")
+                           f"with: {update_command(session, case.name)}")
     if meta.get("input_fingerprint") != fingerprint:
         return CheckResult("failed", f"the golden of {case.name!r} was recorded for another input spec (fingerprint "
                            f"{meta.get('input_fingerprint')} vs {fingerprint} now): the case's inputs, batch sizes "
-                           f"or seed changed since. Re-record it with: {update_command(case.name)}")
+                           f"or seed changed since. Re-record it with: {update_command(session, case.name)}")
     target_meta = store.read_json(case.name, f"{target}.json")
     recorded = store.read_arrays(case.name, f"{target}.npz")
     if recorded is None or target_meta is None:
         return CheckResult("failed", f"no golden for {case.name} {fmt}/{backend} "
                            f"({store.path(case.name, target + '.npz')}); create it with: "
-                           f"{update_command(case.name, fmt, backend)}")
+                           f"{update_command(session, case.name, fmt, backend)}")
     if target_meta.get("input_fingerprint") != fingerprint:
         return CheckResult("failed", f"the golden of {case.name} {fmt}/{backend} was recorded for other inputs than "
-                           f"the case's golden inputs; re-record it with: {update_command(case.name, fmt, backend)}")
+                           f"the case's golden inputs; re-record it with: {update_command(session, case.name, fmt, backend)}")
     golden_inputs = store.read_arrays(case.name, "inputs.npz") or {}
     golden_reference = store.read_arrays(case.name, "reference.npz") or {}
 
@@ -130,14 +130,14 @@ def check_golden(run: CaseRun, fmt: str, backend: str, session: "Context") -> Ch
         inputs = {name: arr[:size] for name, arr in golden_inputs.items()}
         if list(inputs) != list(case.inputs):
             return CheckResult("failed", f"golden inputs of {case.name} hold {list(inputs)}, the case declares "
-                               f"{list(case.inputs)}; re-record with: {update_command(case.name)}")
+                               f"{list(case.inputs)}; re-record with: {update_command(session, case.name)}")
         same = all(np.array_equal(inputs[n], run.inputs(size)[n]) for n in inputs)
         obtained = run.outputs(fmt, backend, size) if same else run.run_target(fmt, backend, inputs)
         expected = {name: recorded.get(key(name, size)) for name in run.output_names}
         missing = [n for n, a in expected.items() if a is None]
         if missing:
             return CheckResult("failed", f"the golden of {case.name} {fmt}/{backend} has no {missing[0]!r} at batch "
-                               f"{size}; re-record it with: {update_command(case.name, fmt, backend)}")
+                               f"{size}; re-record it with: {update_command(session, case.name, fmt, backend)}")
         for c in compare_outputs(expected, obtained, lambda name: run.tolerance_for(fmt, backend, name)):
             rows.append((f"b{size}", c))
         eager_now = run.reference(size) if same else run.run_eager(inputs)
