@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class ParityError(Exception):
     """Base class of every error parity raises on purpose."""
@@ -30,9 +32,18 @@ class GoldenError(ParityError):
     """A golden file is missing, unreadable or was recorded for another input spec."""
 
 
+#: Terminal colour and cursor sequences some converters print into their exception texts.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+
+
+def strip_ansi(text: str) -> str:
+    """Text without ANSI escape sequences: they belong to terminals, not to reports."""
+    return _ANSI.sub("", text)
+
+
 def short_error(exc: BaseException, lines: int = 8) -> str:
     """An exception cut to the lines that matter: its type and the start of its message."""
-    text = f"{type(exc).__name__}: {exc}".strip()
+    text = strip_ansi(f"{type(exc).__name__}: {exc}".strip())
     kept = [line for line in text.splitlines() if line.strip()]
     cut = kept[:lines]
     if len(kept) > lines:

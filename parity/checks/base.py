@@ -43,6 +43,9 @@ class CheckResult:
     metrics: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from parity.errors import strip_ansi
+
+        self.message = strip_ansi(self.message)  # colour codes from converters stay out of reports
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
 

@@ -1,0 +1,26 @@
+"""Error wording helpers: converter exceptions cut to what matters, without terminal colour codes."""
+
+from __future__ import annotations
+
+from parity.checks.base import CheckResult
+from parity.errors import short_error, strip_ansi
+
+RED = "\x1b[31m"
+RESET = "\x1b[0m"
+
+
+def test_short_error_drops_ansi_codes_and_keeps_the_text():
+    e = RuntimeError(f"{RED}converting 'int' op{RESET} (located at: 'model/bert/embeddings/38')")
+    assert short_error(e) == "RuntimeError: converting 'int' op (located at: 'model/bert/embeddings/38')"
+
+
+def test_check_messages_reach_reports_without_ansi_codes():
+    result = CheckResult("failed", f"{RED}\x1b[1;4mexport failed{RESET}\nsecond line\x1b]0;title\x07")
+    assert result.message == "export failed\nsecond line"
+    assert "\x1b" not in strip_ansi(f"\x1b[2K\x1b[?25l{RED}x")
+
+
+def test_short_error_cuts_long_messages():
+    e = ValueError("\n".join(f"line {i}" for i in range(20)))
+    text = short_error(e, lines=3)
+    assert text.splitlines() == ["ValueError: line 0", "line 1", "line 2", "... (17 more lines)"]
