@@ -48,12 +48,17 @@ def check_batch_invariance(run: CaseRun, fmt: str, backend: str, session: "Conte
     solo: list[dict[str, np.ndarray]] = []
     from parity.errors import ExportError
 
+    run.runner(fmt, backend)  # an artefact that does not load is an error, never a skip
     try:
         for i in range(n):
             solo.append(run.run_target(fmt, backend, _slice(run.pool, i, i + 1)))
     except ExportError:
         raise  # no artefact at all: an error, not a batch size the artefact lacks
     except Exception as e:
+        try:  # a fixed-batch artefact that runs at the case's own sizes lacks batch 1; anything else is broken
+            run.outputs(fmt, backend, n)
+        except Exception:
+            raise e from None
         return CheckResult("skipped", f"the artefact does not run at batch 1 ({short_error(e, 2)}); batch-size "
                            "invariance needs each sample alone", {"unsupported_batch_sizes": {1: str(e)}})
     rows: list[tuple[str, OutputComparison]] = []

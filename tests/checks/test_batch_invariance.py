@@ -1,0 +1,57 @@
+"""batch_invariance skips only for a reason that cannot be a failure."""
+
+from __future__ import annotations
+
+from conftest import SMALL_CASE, write_case
+from parity.catalog import load_case
+from parity.session import Session
+
+BROKEN = '''
+import torch
+
+
+def garbage_export(model, example_inputs, path):
+    """A user's exporter that writes a file no runtime can load."""
+    path.write_bytes(b"this is not an ONNX model")
+    return {"exporter": "garbage"}
+
+
+def fixed_shape_export(model, example_inputs, path):
+    """Loads, but only takes 4x4 images where the case feeds 8x8: it runs at no batch size."""
+    x = torch.zeros(1, 3, 4, 4)
+    torch.onnx.export(torch.nn.Flatten().eval(), (x,), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["logits"])
+    return {"exporter": "fixed"}
+'''
+
+
+def test_an_artefact_that_does_not_load_is_an_error_not_a_skip(case_dir, tmp_path):
+    (case_dir / "broken.py").write_text(BROKEN, encoding="utf-8")
+    body = SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]") + \
+        "export:\n  onnx: {function: 'broken:garbage_export'}\n"
+    case = load_case(write_case(case_dir, "unloadable", body))
+    session = Session(tmp_path / "b", tmp_path / "g")
+    result = session.run_check(case, "onnx", "cpu", "batch_invariance")
+    assert result.status == "error", result.message
+    assert "does not run at batch 1" not in result.message
+    session.close()
+
+
+def test_an_artefact_that_runs_at_no_batch_size_is_an_error_not_a_skip(case_dir, tmp_path):
+    (case_dir / "broken.py").write_text(BROKEN, encoding="utf-8")
+    body = SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]") + \
+        "export:\n  onnx: {function: 'broken:fixed_shape_export'}\n"
+    case = load_case(write_case(case_dir, "fixed", body))
+    session = Session(tmp_path / "b", tmp_path / "g")
+    result = session.run_check(case, "onnx", "cpu", "batch_invariance")
+    assert result.status == "error", result.message
+    assert "does not run at batch 1" not in result.message
+    session.close()
+
+
+def test_a_clean_model_passes(case_dir, tmp_path):
+    case = load_case(write_case(case_dir, "clean", SMALL_CASE))
+    session = Session(tmp_path / "b", tmp_path / "g")
+    result = session.run_check(case, "onnx", "cpu", "batch_invariance")
+    assert result.status == "passed", result.message
+    session.close()
