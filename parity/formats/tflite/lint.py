@@ -14,10 +14,19 @@ _RANDOM = {"RANDOM_UNIFORM", "RANDOM_STANDARD_NORMAL", "MULTINOMIAL"}
 
 
 def _module(tensor_name: str) -> str | None:
-    """litert-torch names tensors 'pkg.Model/torch.nn...Sequential_features/torch.nn...BatchNorm2d_1;2':
-    the module path is the part after each class name's last underscore (features.1)."""
+    """The module path from a litert-torch tensor name.
+
+    litert-torch names tensors 'pkg.Model/torch.nn...ModuleList_h/pkg.Block_0/torch.nn...LayerNorm_ln_1;2':
+    each part is a qualified class name, '_', then the attribute that holds the module. The attribute
+    starts after the first underscore of the class's own name (attributes may hold underscores and
+    ModuleList indices are digits): this one reads 'h.0.ln_1'.
+    """
     parts = tensor_name.split(";")[0].split("/")[1:]
-    names = [m.group(1) for p in parts if (m := re.search(r"_([^_./]+)$", p))]
+    names = []
+    for part in parts:
+        cls, sep, attr = part.rsplit(".", 1)[-1].partition("_")
+        if sep and cls and attr:
+            names.append(attr)
     return ".".join(names) or None
 
 

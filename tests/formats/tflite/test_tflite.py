@@ -183,3 +183,16 @@ def test_layout_matching():
     x = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)
     assert to_channels_last(x).shape == (2, 4, 5, 3)
     assert np.array_equal(to_channels_first(to_channels_last(x)), x)
+
+
+def test_lint_reads_module_paths_with_underscores_and_indices():
+    """Attribute names keep their underscores and ModuleList indices (not just the last '_' part)."""
+    from parity.formats.tflite.lint import _module
+
+    name = ("transformers.models.gpt2.modeling_gpt2.GPT2LMHeadModel/"
+            "transformers.models.gpt2.modeling_gpt2.GPT2Model_transformer/torch.nn.modules.container.ModuleList_h/"
+            "transformers.models.gpt2.modeling_gpt2.GPT2Block_0/torch.nn.modules.normalization.LayerNorm_ln_1;2")
+    assert _module(name) == "transformer.h.0.ln_1"
+    assert _module("pkg.Net/torch.nn.modules.container.Sequential_features/"
+                   "torch.nn.modules.batchnorm.BatchNorm2d_1;2") == "features.1"
+    assert _module("serving_default_x:0") is None
