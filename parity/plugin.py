@@ -342,14 +342,10 @@ class _Reporter:
             terminalreporter.write_line(f"parity: could not write {problem}", red=True)
         if not self.records:
             return
-        counts: dict[str, int] = {}
-        for record in self.records:
-            status = record["status"]
-            if record.get("xfail") and status in ("failed", "error"):
-                status = "xfailed"
-            counts[status] = counts.get(status, 0) + 1
+        from parity.report.run import Run
+
         written = sum(1 for r in self.records if r.get("metrics", {}).get("golden_written"))
-        line = "parity: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        line = Run(self.records).summary_line()  # pytest's own counts, parity's outcomes in brackets
         if written:
             line += f"; {written} golden target(s) written under {_dir_option(config, 'golden', 'golden')}"
         if self.written:

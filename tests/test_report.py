@@ -185,7 +185,7 @@ def test_case_file_error_row_and_text_matrix():
     assert "| typo | 💥 case file error |" in text and "`typo-case-error`" in text
     assert "unknown field" in text
     terminal = markdown.render_text(run)
-    assert "ERROR case file" in terminal and "parity: 1 error, 1 passed" in terminal
+    assert "ERROR case file" in terminal and "parity: 1 failed (1 error), 1 passed" in terminal
 
 
 def test_html_draws_optional_plots_only_when_metrics_exist():
@@ -200,6 +200,23 @@ def test_html_draws_optional_plots_only_when_metrics_exist():
     assert "|error| distribution" not in page  # no profile recorded, no histogram
     plain = html.render(Run([_rec("a", "onnx", "parity", scaled_error=1e-7)]))
     assert "<svg" not in plain and "not recorded" in plain
+
+
+def test_summary_counts_are_pytests_counts(outputs):
+    """parity's closing line counts as pytest does: errors and strict xpasses are failures."""
+    import re
+
+    _, proc = outputs
+    pytest_line = proc.stdout.strip().splitlines()[-1]
+    parity_line = next(line for line in proc.stdout.splitlines() if "parity: " in line and "failed" in line)
+    for word in ("failed", "passed"):
+        ours = re.search(rf"(\d+) {word}", parity_line)
+        theirs = re.search(rf"(\d+) {word}", pytest_line)
+        assert ours and theirs and ours.group(1) == theirs.group(1), (parity_line, pytest_line)
+    run = Run([_rec("a", "onnx", "parity", status="error"), _rec("a", "onnx", "golden", status="failed"),
+               {**_rec("a", "pt2", "parity"), "xfail": "known"}, _rec("b", "onnx", "parity", tolerance_used=0.9),
+               _rec("b", "onnx", "golden")])
+    assert run.summary_line() == "parity: 3 failed (1 error, 1 strict xpass), 2 passed (1 drifting)"
 
 
 def test_html_renders_a_failing_lint_record():

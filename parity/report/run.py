@@ -223,9 +223,20 @@ class Run:
         return rows
 
     def summary_line(self) -> str:
-        counts = self.counts
-        text = ", ".join(f"{n} {o}" for o, n in counts.items()) or "no tests"
-        return f"parity: {text}"
+        """Counts in pytest's own terms (an errored check, a strict xpass fail their test; a drifting
+        pass passes), with parity's finer outcomes in brackets, so the two summaries agree."""
+        c = self.counts
+        parts = []
+        failed = sum(c.get(o, 0) for o in FAILING)
+        if failed:
+            detail = ", ".join(f"{c[o]} {'error' if o == 'error' else 'strict xpass'}{'s' if c[o] > 1 else ''}"
+                               for o in ("error", "xpassed") if c.get(o))
+            parts.append(f"{failed} failed" + (f" ({detail})" if detail else ""))
+        passed = c.get("passed", 0) + c.get("drifting", 0)
+        if passed:
+            parts.append(f"{passed} passed" + (f" ({c['drifting']} drifting)" if c.get("drifting") else ""))
+        parts += [f"{c[o]} {o}" for o in ("xfailed", "skipped") if c.get(o)]
+        return f"parity: {', '.join(parts) or 'no tests'}"
 
 
 def load(path: str | Path) -> Run:
