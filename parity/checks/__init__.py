@@ -10,13 +10,11 @@ Checks read outputs through a :class:`~parity.pipeline.run.CaseRun` and compare 
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import pkgutil
-from collections.abc import Mapping
-from typing import Iterator, Optional
 
 from parity.checks.base import Check, CheckResult
 from parity.errors import ParityError
+from parity.registry import Registry
 
 ENTRY_POINT_GROUP = "parity.checks"
 _NOT_CHECKS = {"base"}
@@ -29,52 +27,15 @@ def _declared(obj, where: str) -> Check:
     return check
 
 
-def _discover() -> dict[str, Check]:
-    found: list[tuple[Check, str]] = []
+def _builtin() -> list[tuple[Check, str]]:
+    found = []
     for module in pkgutil.iter_modules(__path__):
         if module.name not in _NOT_CHECKS and not module.name.startswith("_"):
             name = f"{__name__}.{module.name}"
             found.append((_declared(importlib.import_module(name), name), name))
-    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        where = f"entry point {entry.name!r} ({entry.value}) of group {ENTRY_POINT_GROUP!r}"
-        try:
-            obj = entry.load()
-        except Exception as e:
-            raise ParityError(f"{where} failed to load: {type(e).__name__}: {e}") from None
-        found.append((_declared(obj, where), where))
-    registry: dict[str, Check] = {}
-    origin: dict[str, str] = {}
-    for check, where in sorted(found, key=lambda item: (item[0].order, item[0].name)):
-        if check.name in registry:
-            raise ParityError(f"check {check.name!r} is declared twice: by {origin[check.name]} and by {where}")
-        registry[check.name] = check
-        origin[check.name] = where
-    return registry
+    return found
 
 
-class _Registry(Mapping):
-    def __init__(self) -> None:
-        self._checks: Optional[dict[str, Check]] = None
-
-    @property
-    def _all(self) -> dict[str, Check]:
-        if self._checks is None:
-            self._checks = _discover()
-        return self._checks
-
-    def __getitem__(self, name: str) -> Check:
-        return self._all[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._all)
-
-    def __len__(self) -> int:
-        return len(self._all)
-
-    def reload(self) -> None:
-        self._checks = None
-
-
-CHECKS = _Registry()
+CHECKS: Registry[Check] = Registry("check", ENTRY_POINT_GROUP, _builtin, lambda obj, where: [_declared(obj, where)])
 
 __all__ = ["CHECKS", "Check", "CheckResult", "ENTRY_POINT_GROUP"]

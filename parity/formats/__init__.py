@@ -14,12 +14,10 @@ Formats come from two places, both read without importing any framework:
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import pkgutil
-from collections.abc import Mapping
-from typing import Iterator, Optional
 
 from parity.errors import ParityError
+from parity.registry import Registry
 from parity.formats.spec import FormatInfo, Route, keras_route
 
 #: Every backend name a case may list. A (format, backend) pair is tested when the format lists the
@@ -41,56 +39,16 @@ def _declared(obj, where: str) -> list[FormatInfo]:
     return list(found)
 
 
-def _discover() -> dict[str, FormatInfo]:
-    found: list[tuple[FormatInfo, str]] = []
+def _builtin() -> list[tuple[FormatInfo, str]]:
+    found = []
     for module in pkgutil.iter_modules(__path__):
         if module.ispkg:
             name = f"{__name__}.{module.name}"
             found += [(f, name) for f in _declared(importlib.import_module(name), name)]
-    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        where = f"entry point {entry.name!r} ({entry.value}) of group {ENTRY_POINT_GROUP!r}"
-        try:
-            obj = entry.load()
-        except Exception as e:  # a broken plugin names itself; the built-in formats still work
-            raise ParityError(f"{where} failed to load: {type(e).__name__}: {e}") from None
-        found += [(f, where) for f in _declared(obj, where)]
-    registry: dict[str, FormatInfo] = {}
-    origin: dict[str, str] = {}
-    for info, where in sorted(found, key=lambda item: (item[0].order, item[0].name)):
-        if info.name in registry:
-            raise ParityError(f"format {info.name!r} is declared twice: by {origin[info.name]} and by {where}")
-        registry[info.name] = info
-        origin[info.name] = where
-    return registry
+    return found
 
 
-class _Registry(Mapping):
-    """name -> FormatInfo, in registry order; discovered on first use."""
-
-    def __init__(self) -> None:
-        self._formats: Optional[dict[str, FormatInfo]] = None
-
-    @property
-    def _all(self) -> dict[str, FormatInfo]:
-        if self._formats is None:
-            self._formats = _discover()
-        return self._formats
-
-    def __getitem__(self, name: str) -> FormatInfo:
-        return self._all[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._all)
-
-    def __len__(self) -> int:
-        return len(self._all)
-
-    def reload(self) -> None:
-        """Forget what was discovered (after installing a plugin in this process)."""
-        self._formats = None
-
-
-FORMATS = _Registry()
+FORMATS: Registry[FormatInfo] = Registry("format", ENTRY_POINT_GROUP, _builtin, _declared)
 
 
 def backends() -> tuple[str, ...]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from conftest import SMALL_CASE, write_case
 from parity.catalog import load_case
 from parity.session import Session
@@ -25,28 +27,24 @@ def fixed_shape_export(model, example_inputs, path):
 '''
 
 
-def test_an_artefact_that_does_not_load_is_an_error_not_a_skip(case_dir, tmp_path):
+def _batch_invariance(case_dir, tmp_path, export_function: str):
     (case_dir / "broken.py").write_text(BROKEN, encoding="utf-8")
     body = SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]") + \
-        "export:\n  onnx: {function: 'broken:garbage_export'}\n"
-    case = load_case(write_case(case_dir, "unloadable", body))
+        f"export:\n  onnx: {{function: 'broken:{export_function}'}}\n"
     session = Session(tmp_path / "b", tmp_path / "g")
-    result = session.run_check(case, "onnx", "cpu", "batch_invariance")
-    assert result.status == "error", result.message
-    assert "does not run at batch 1" not in result.message
-    session.close()
+    try:
+        return session.run_check(load_case(write_case(case_dir, export_function, body)), "onnx", "cpu",
+                                 "batch_invariance")
+    finally:
+        session.close()
 
 
-def test_an_artefact_that_runs_at_no_batch_size_is_an_error_not_a_skip(case_dir, tmp_path):
-    (case_dir / "broken.py").write_text(BROKEN, encoding="utf-8")
-    body = SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]") + \
-        "export:\n  onnx: {function: 'broken:fixed_shape_export'}\n"
-    case = load_case(write_case(case_dir, "fixed", body))
-    session = Session(tmp_path / "b", tmp_path / "g")
-    result = session.run_check(case, "onnx", "cpu", "batch_invariance")
+@pytest.mark.parametrize("export_function", ["garbage_export", "fixed_shape_export"])
+def test_a_broken_artefact_is_an_error_not_a_skip(case_dir, tmp_path, export_function):
+    """One that does not load, one that loads but runs at no batch size: errors, never skips."""
+    result = _batch_invariance(case_dir, tmp_path, export_function)
     assert result.status == "error", result.message
     assert "does not run at batch 1" not in result.message
-    session.close()
 
 
 def test_a_clean_model_passes(case_dir, tmp_path):
