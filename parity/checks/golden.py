@@ -35,6 +35,28 @@ def _write_case_golden(run: CaseRun, session: "Context") -> None:
     run.golden_case_written = True
 
 
+def _unrecordable(run: CaseRun, fmt: str, backend: str) -> str:
+    """Why these outputs must not become a golden ('' if they may): a golden that cannot tell a right
+    export from a wrong one, or one that records a broken export, would pass every later run."""
+    for b in run.case.batch_sizes:
+        reference, obtained = run.reference(b), run.outputs(fmt, backend, b)
+        for name, ref in reference.items():
+            ref = np.asarray(ref)
+            out = np.asarray(obtained.get(name, ref))
+            if not np.issubdtype(ref.dtype, np.floating):
+                continue
+            allowed = run.tolerance_for(fmt, backend, name).allow_vacuous
+            if np.isfinite(ref).all() and not np.isfinite(out).all():
+                return f"output {name!r} at batch {b} has NaN/Inf where the eager model has none"
+            if not allowed and ref.size and not np.any(ref):
+                return (f"the eager reference of {name!r} is all zeros at batch {b}, so a golden could not fail "
+                        "(set tolerance.allow_vacuous if that is intended)")
+            if not allowed and np.any(ref) and not np.any(out):
+                return (f"output {name!r} at batch {b} is all zeros where the eager model's is not (largest "
+                        f"|value| {float(np.abs(ref).max()):.3g}): values below {fmt}'s precision underflow")
+    return ""
+
+
 def _errors_vs_reference(run: CaseRun, fmt: str, backend: str) -> dict[str, dict[str, float]]:
     """Per output, the worst error of the target against the eager reference over all batch sizes."""
     worst: dict[str, dict[str, float]] = {}
@@ -86,6 +108,10 @@ def check_golden(run: CaseRun, fmt: str, backend: str, session: "Context") -> Ch
     fingerprint = case.input_fingerprint()
 
     if session.update_golden:
+        refused = _unrecordable(run, fmt, backend)
+        if refused:
+            return CheckResult("failed", f"golden of {case.name} {fmt}/{backend} not recorded: {refused}; nothing "
+                               "was written for this target", {"golden_refused": refused})
         _write_case_golden(run, session)
         arrays = {key(name, b): arr for b in sizes for name, arr in run.outputs(fmt, backend, b).items()}
         errors = _errors_vs_reference(run, fmt, backend)

@@ -1,0 +1,60 @@
+"""golden --update-golden refuses outputs that would make a golden that cannot fail."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import SMALL_CASE, write_case
+from parity.catalog import load_case
+from parity.session import Session
+
+EXPORTS = '''
+import torch
+
+
+def _export(model, example_inputs, path):
+    torch.onnx.export(model.eval(), example_inputs, str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "b"}, "logits": {0: "b"}})
+    return {"exporter": "planted"}
+
+
+def zeroing_export(model, example_inputs, path):
+    """Every output exactly zero, as fp16 gives for a model whose outputs are about 1e-13."""
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.zero_()
+    return _export(model, example_inputs, path)
+
+
+def nan_export(model, example_inputs, path):
+    with torch.no_grad():
+        model.fc.bias.fill_(float("nan"))
+    return _export(model, example_inputs, path)
+'''
+
+
+def _record(case_dir, tmp_path, export_function: str = ""):
+    (case_dir / "planted.py").write_text(EXPORTS, encoding="utf-8")
+    body = SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]")
+    if export_function:
+        body += f"export:\n  onnx: {{function: 'planted:{export_function}'}}\n"
+    session = Session(tmp_path / "b", tmp_path / "g", update_golden=True)
+    try:
+        return session.run_check(load_case(write_case(case_dir, export_function or "clean", body)), "onnx", "cpu",
+                                 "golden")
+    finally:
+        session.close()
+
+
+@pytest.mark.parametrize("export_function, cause", [("zeroing_export", "all zeros where the eager model's is not"),
+                                                    ("nan_export", "NaN/Inf where the eager model has none")])
+def test_update_golden_refuses_a_golden_that_could_not_fail(case_dir, tmp_path, export_function, cause):
+    result = _record(case_dir, tmp_path, export_function)
+    assert result.status == "failed" and cause in result.message, result.message
+    assert not (tmp_path / "g" / export_function).exists()  # nothing half-written
+
+
+def test_update_golden_records_a_clean_model(case_dir, tmp_path):
+    result = _record(case_dir, tmp_path)
+    assert result.status == "passed", result.message
+    assert (tmp_path / "g" / "clean" / "onnx-cpu.npz").is_file()
