@@ -23,6 +23,7 @@ def default() -> Catalog:
         for framework in info.frameworks:
             routes[(name, framework)] = info.route(framework).exporter_options
     return Catalog(formats=tuple(FORMATS), backends=backends(), checks=tuple(CHECKS),
+                   quantized=tuple(n for n, info in FORMATS.items() if info.precision == "int8"),
                    opt_in_checks=tuple(n for n, c in CHECKS.items() if c.opt_in), frameworks=tuple(FRAMEWORKS),
                    routes=routes)
 

@@ -26,3 +26,48 @@ def _natural(key: Any) -> tuple:
     text = str(key)
     number = _TRAILING_NUMBER.search(text)
     return (text[:number.start()], int(number.group(1))) if number else (text, -1)
+
+
+#: The name of a model's output when it is one bare tensor; unnamed positions below it are numbered.
+ROOT = "output"
+
+Path = tuple  # a key path into a nested output: str keys and int positions
+
+
+def leaf_paths(out: Any, is_leaf: Callable[[Any], bool]) -> list[Path]:
+    """Key paths of every leaf of `out`, in :func:`flatten`'s order (dict order kept). ``None``
+    entries, which Hugging Face models return for outputs they did not compute, are left out."""
+    if isinstance(out, dict):
+        return [(k, *p) for k, v in out.items() for p in leaf_paths(v, is_leaf)]
+    if isinstance(out, (list, tuple)) and not is_leaf(out):
+        return [(i, *p) for i, v in enumerate(out) for p in leaf_paths(v, is_leaf)]
+    if out is None:
+        return []
+    return [()]
+
+
+def dotted(path: Path) -> str:
+    """The stable name of a key path: ``logits``, ``hidden_states.0``; an unnamed root is ``output``
+    (``output.0``, ``output.1`` for a returned tuple)."""
+    parts = [str(p) for p in path]
+    if not path or isinstance(path[0], int):
+        parts.insert(0, ROOT)
+    return ".".join(parts)
+
+
+def pick(out: Any, path: Path) -> Any:
+    """The leaf of `out` at `path` (works for dicts, Hugging Face ``ModelOutput``, tuples and lists)."""
+    for key in path:
+        out = out[key]
+    return out
+
+
+def named(out: Any, leaf: Callable[[Any], np.ndarray], is_leaf: Callable[[Any], bool] = lambda v: False
+          ) -> dict[str, np.ndarray]:
+    """Every leaf of `out` by its dotted name, in order."""
+    return {dotted(p): leaf(pick(out, p)) for p in leaf_paths(out, is_leaf)}
+
+
+def has_names(paths: list[Path]) -> bool:
+    """Whether any output carries a name (came from a dict), rather than a position only."""
+    return any(isinstance(k, str) for p in paths for k in p)

@@ -75,14 +75,23 @@ def _record(model, inputs: tuple) -> dict[str, tuple]:
     import torch
 
     records: dict[str, tuple] = {}
+    pending: dict[str, tuple] = {}
     handles = []
     for path, module in model.named_modules():
         if not path:
             continue
 
+        # Inputs are copied before the module runs and outputs right after: an in-place module
+        # (Hardswish(inplace=True), used across timm) overwrites its input, and a later in-place op
+        # would overwrite a recorded output.
+        def pre_hook(mod, args, kwargs, path=path):
+            if path not in records and path not in pending:
+                pending[path] = (_clone(args), _clone(kwargs))
+
         def hook(mod, args, kwargs, output, path=path):
-            if path not in records:  # copies: a later in-place op (ReLU(inplace=True)) would change them
-                records[path] = (_clone(args), kwargs, _clone(output))
+            if path not in records and path in pending:
+                records[path] = (*pending.pop(path), _clone(output))
+        handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
         handles.append(module.register_forward_hook(hook, with_kwargs=True))
     try:
         with torch.no_grad():

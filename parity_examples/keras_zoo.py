@@ -61,3 +61,16 @@ def digits_cnn(width: int = 16) -> keras.Model:
     x = layers.MaxPooling2D(2)(x)
     x = layers.Dropout(0.2)(layers.Flatten()(x))
     return keras.Model(image, layers.Dense(10, name="logits")(x), name="digits_cnn")
+
+
+def two_inputs(size: int = 16, features: int = 6, width: int = 8, num_classes: int = 4) -> keras.Model:
+    """A Keras functional model with two inputs: an image (channels-last) and a feature vector,
+    joined before the classifier."""
+    image = keras.Input((size, size, 3), name="image")
+    extra = keras.Input((features,), name="features")
+    x = layers.Conv2D(width, 3, padding="same", activation="relu")(image)
+    x = layers.Conv2D(width, 3, strides=2, padding="same", activation="relu")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    y = layers.Dense(width, activation="relu")(extra)
+    joined = layers.Concatenate()([x, y])
+    return keras.Model([image, extra], layers.Dense(num_classes, name="logits")(joined), name="two_inputs")

@@ -26,10 +26,14 @@ class Catalog:
     opt_in_checks: tuple[str, ...] = ()
     frameworks: tuple[str, ...] = ("torch", "keras")
     routes: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    #: INT8 formats: in the default list only for a case with an ``accuracy`` section, which is what
+    #: judges them (on random weights their error against fp32 is noise, not a verdict)
+    quantized: tuple[str, ...] = ()
 
-    def formats_for(self, framework: str) -> list[str]:
-        """Every format a `framework` model can be exported to, in registry order."""
-        return [f for f in self.formats if (f, framework) in self.routes]
+    def formats_for(self, framework: str, quantized: bool = True) -> list[str]:
+        """Every format a `framework` model can be exported to, in registry order (without the INT8
+        ones unless `quantized`)."""
+        return [f for f in self.formats if (f, framework) in self.routes and (quantized or f not in self.quantized)]
 
     def exporter_options(self, fmt: str, framework: str) -> Optional[tuple[str, ...]]:
         """Options of the built-in exporter of (`fmt`, `framework`); None when there is no route."""

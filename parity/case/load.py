@@ -81,7 +81,7 @@ def _with_catalog(case: Case, shown: str, catalog: Catalog) -> Case:
     """Check every format, backend and check name against `catalog` and fill in the defaults."""
     updates: dict = {}
     if not case.formats:
-        updates["formats"] = catalog.formats_for(case.framework)
+        updates["formats"] = catalog.formats_for(case.framework, quantized=case.accuracy is not None)
     if not case.backends:
         updates["backends"] = list(catalog.backends)
     if not case.checks:

@@ -63,15 +63,34 @@ class ModelSpec(_Strict):
 
 
 class InputSpec(_Strict):
-    """One named model input. ``shape`` is per sample: the batch dimension is the harness's."""
+    """One named model input. ``shape`` is per sample: the batch dimension is the harness's.
+
+    Generated inputs follow ``distribution``: ``normal`` (mean, std), ``uniform`` and ``randint``
+    (in [low, high)), ``tokens`` (integer ids in [low, high), the vocabulary, with optional ``bos`` /
+    ``eos`` ids and ``pad`` where the attention mask named by ``mask`` is zero), ``mask`` (an
+    attention mask of ones, right-padded with zeros after the ``padding`` pattern) and ``edge``
+    (normal values mixed with large magnitudes past fp16's exp overflow, exact ties, zeros and
+    negatives). Everything is deterministic from the case's seed.
+    """
 
     shape: Optional[list[PositiveInt]] = None
     dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
-    distribution: Literal["normal", "uniform", "randint"] = "normal"
+    distribution: Literal["normal", "uniform", "randint", "tokens", "mask", "edge"] = "normal"
     mean: float = 0.0
     std: NonNegFloat = 1.0
     low: float = 0.0
     high: float = 1.0
+    bos: Optional[NonNegativeInt] = Field(default=None, description="tokens: id at position 0 of every row ([CLS])")
+    eos: Optional[NonNegativeInt] = Field(default=None, description="tokens: id at the last unpadded position ([SEP])")
+    pad: NonNegativeInt = Field(default=0, description="tokens: id where the mask is zero")
+    mask: Optional[str] = Field(default=None, description="tokens: the input holding this row's attention mask")
+    padding: Literal["none", "right", "mixed"] = Field(
+        default="mixed", description="mask: none (all ones); right (every row right-padded to a random length "
+        ">= 1); mixed (the first row unpadded, the others right-padded)")
+    empty_row: bool = Field(default=False, description="mask: the last sample is fully padded (all zeros), for "
+                            "models that promise to handle it")
+    large: PositiveFloat = Field(default=30.0, description="edge: magnitude of the large values (exp overflows "
+                                 "fp16 past 11)")
     file: Optional[str] = Field(default=None, description=".npz file of samples, relative to the case file")
     key: Optional[str] = Field(default=None, description="array name inside `file` (default: the input's name)")
 
@@ -81,8 +100,19 @@ class InputSpec(_Strict):
             raise ValueError("give either 'shape' (per-sample, without the batch dimension) or 'file'")
         if self.file is not None and not self.file.endswith(".npz"):
             raise ValueError(f"'file' must be an .npz file, got {self.file!r}")
-        if self.distribution in ("uniform", "randint") and self.high <= self.low:
+        if self.distribution in ("uniform", "randint", "tokens") and self.high <= self.low:
             raise ValueError(f"'high' ({self.high}) must be greater than 'low' ({self.low})")
+        if self.distribution == "tokens" and not self.dtype.startswith(("int", "uint")):
+            raise ValueError(f"distribution tokens draws integer ids: set dtype to int64 (or int32), not {self.dtype}")
+        if self.distribution == "tokens":
+            for field in ("bos", "eos", "pad"):
+                value = getattr(self, field)
+                if value is not None and value >= self.high:
+                    raise ValueError(f"'{field}' ({value}) must be a token id below 'high' ({self.high:g}, the "
+                                     "vocabulary size)")
+        elif self.mask is not None:
+            raise ValueError(f"'mask' names the attention mask of token ids: it needs distribution: tokens, "
+                             f"not {self.distribution}")
         return self
 
 
@@ -216,6 +246,21 @@ class Case(_Strict):
         if dupes:
             raise ValueError(f"listed more than once: {', '.join(dupes)}")
         return v
+
+    @model_validator(mode="after")
+    def _mask_references(self) -> "Case":
+        for name, spec in self.inputs.items():
+            if spec.mask is None:
+                continue
+            other = self.inputs.get(spec.mask)
+            if other is None or other.distribution != "mask":
+                masks = [n for n, s in self.inputs.items() if s.distribution == "mask"]
+                raise ValueError(f"inputs.{name}.mask: {spec.mask!r} is not an input with distribution: mask "
+                                 f"(those are: {', '.join(masks) or 'none'}); name one, or drop 'mask'")
+            if other.shape != spec.shape:
+                raise ValueError(f"inputs.{name}.mask: {spec.mask!r} has shape {other.shape}, {name} has "
+                                 f"{spec.shape}; a mask has one entry per token")
+        return self
 
     @model_validator(mode="after")
     def _xfail_reason(self) -> "Case":

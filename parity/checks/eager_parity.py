@@ -9,6 +9,12 @@ from parity.checks.base import verdict
 from parity.compare import OutputComparison, compare_outputs
 
 
+#: What an INT8 target's error against fp32 means when nothing judges its accuracy.
+INT8_WITHOUT_ACCURACY = ("INT8 without an accuracy section: the error above is quantization noise on the case's "
+                         "inputs (on random weights often 0.2-0.4 of max|logit|), not a verdict on the model; add "
+                         "an 'accuracy' section with labelled data to gate accuracy drop and top-1 agreement")
+
+
 def check_parity(run: CaseRun, fmt: str, backend: str, session: "Context") -> CheckResult:
     """Each artefact on each backend against the eager reference, for every batch size."""
     case = run.case
@@ -22,6 +28,10 @@ def check_parity(run: CaseRun, fmt: str, backend: str, session: "Context") -> Ch
     info = run.artefact_info(fmt)
     metrics = {"runner": runner.name, "artefact": info, "batch_sizes": list(case.batch_sizes)}
     notes = [*info.get("notes", []), *runner.notes]  # e.g. a layout the harness transposed
+    if run.precision(fmt) == "int8" and case.accuracy is None:
+        notes.append(INT8_WITHOUT_ACCURACY)
+    if info.get("wrapped"):
+        notes.append(f"exported through a wrapper: {info['wrapped']}")
     return verdict(f"parity of {fmt}/{backend} against the eager model", rows, run, fmt, backend, metrics, notes)
 
 

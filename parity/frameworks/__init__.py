@@ -22,14 +22,22 @@ class Framework(Protocol):
     def reference_model(self, model: Any) -> Any:
         """The model the eager reference runs (inference mode), leaving `model` untouched."""
 
-    def run_eager(self, model: Any, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Outputs of `model` on `inputs` (named, in the case's order), flattened in a fixed order."""
+    def run_eager(self, model: Any, inputs: dict[str, np.ndarray]) -> list[tuple[tuple, np.ndarray]]:
+        """Outputs of `model` on `inputs` (named, in the case's order): every tensor of its output
+        structure, by key path (parity.outputs.leaf_paths), in a fixed order."""
 
     def export_inputs(self, inputs: dict[str, np.ndarray], device: str = "cpu") -> tuple:
         """What exporters receive as example inputs."""
 
-    def model_for_export(self, model: Any) -> Any:
-        """A copy for one export, so an exporter that mutates its model cannot change the reference."""
+    def keyword_inputs(self, model: Any, input_names: list[str]) -> Any:
+        """The input names the model must be called with by keyword, or None for positional."""
+
+    def model_for_export(self, model: Any, outputs: Any = None, keywords: Any = None) -> Any:
+        """A copy for one export, so an exporter that mutates its model cannot change the reference;
+        returning only the outputs at the key paths `outputs`, as a flat tuple, when given."""
+
+    def vocabulary_size(self, model: Any) -> Any:
+        """How many token ids the model embeds, or None when it cannot say."""
 
     def lint_model(self, model: Any) -> list:
         """Training-mode findings (parity.findings.Finding) of the model handed to exporters."""

@@ -11,7 +11,7 @@ and a functional model records such a call in its graph (BatchNorm in training m
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import parity._triton_first  # noqa: F401  (before tensorflow: tensorflow, then triton, segfaults)
 import numpy as np
@@ -19,7 +19,7 @@ import numpy as np
 import keras  # noqa: E402
 from parity.case import Case, import_from_case  # noqa: E402
 from parity.errors import CaseError  # noqa: E402
-from parity.outputs import flatten  # noqa: E402
+from parity.outputs import leaf_paths, pick  # noqa: E402
 
 
 def build_model(case: Case) -> keras.Model:
@@ -51,8 +51,10 @@ def _feed(inputs: dict[str, np.ndarray]) -> Any:
     return arrays[0] if len(arrays) == 1 else arrays
 
 
-def run_eager(model: keras.Model, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    return flatten(model(_feed(inputs), training=False), lambda t: np.asarray(keras.ops.convert_to_numpy(t)))
+def run_eager(model: keras.Model, inputs: dict[str, np.ndarray]) -> list[tuple[tuple, np.ndarray]]:
+    """Every tensor the model returns, by its key path (see parity.outputs)."""
+    out = model(_feed(inputs), training=False)
+    return [(p, np.asarray(keras.ops.convert_to_numpy(pick(out, p)))) for p in leaf_paths(out, lambda v: False)]
 
 
 def export_inputs(inputs: dict[str, np.ndarray], device: str = "cpu") -> tuple[np.ndarray, ...]:
@@ -60,10 +62,18 @@ def export_inputs(inputs: dict[str, np.ndarray], device: str = "cpu") -> tuple[n
     return tuple(np.ascontiguousarray(a) for a in inputs.values())
 
 
-def model_for_export(model: keras.Model) -> keras.Model:
+def keyword_inputs(model: keras.Model, input_names: list[str]) -> None:
+    """Keras models take their inputs as one list, in the case's order: never by keyword."""
+    return None
+
+
+def model_for_export(model: keras.Model, outputs: Optional[list[tuple]] = None,
+                     keywords: Optional[list[str]] = None, arity: int = 1) -> keras.Model:
     """A copy for each export (``keras.models.clone_model`` with the same weights), so an export
     function that edits the model cannot change the reference; the clone keeps every recorded
     ``training=`` call argument. A subclassed model, which Keras cannot clone, is passed itself."""
+    if outputs is not None:
+        model = _select_outputs(model, outputs)
     try:
         clone = keras.models.clone_model(model)
     except (ValueError, TypeError, NotImplementedError):
@@ -72,7 +82,22 @@ def model_for_export(model: keras.Model) -> keras.Model:
     return clone
 
 
+def vocabulary_size(model: keras.Model) -> Optional[int]:
+    """How many token ids the model embeds: the ``input_dim`` of its only Embedding layer, else None."""
+    embeddings = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.Embedding)]
+    return embeddings[0].input_dim if len(embeddings) == 1 else None
+
+
 def lint_model(model: keras.Model) -> list:
     from parity.frameworks.keras_lint import lint_model as lint
 
     return lint(model)
+
+
+def _select_outputs(model: keras.Model, paths: list[tuple]) -> keras.Model:
+    """A functional model computing only the outputs at `paths`, as a flat list (the case selected or
+    reordered them); a subclassed model, whose graph Keras cannot cut, is a case error upstream."""
+    structure = getattr(model, "_outputs_struct", None)
+    if structure is None:
+        structure = model.outputs if len(model.outputs) > 1 else model.outputs[0]
+    return keras.Model(model.inputs, [pick(structure, p) for p in paths], name=model.name)

@@ -8,8 +8,10 @@ other), with the functions the pipeline calls: ``build_model``, ``reference_mode
 from __future__ import annotations
 
 import copy
+import inspect
 import random
 from pathlib import Path
+from typing import Any, Optional
 
 import parity._triton_first  # noqa: F401  (before anything may import tensorflow)
 import numpy as np
@@ -17,7 +19,8 @@ import torch
 
 from parity.case import Case, import_from_case
 from parity.errors import CaseError
-from parity.frameworks.torch_tensors import flatten_outputs, to_torch
+from parity.frameworks.torch_tensors import tensor_to_numpy, to_torch
+from parity.outputs import Path as KeyPath, leaf_paths, pick
 
 
 def seed_everything(seed: int) -> None:
@@ -71,9 +74,79 @@ def export_inputs(inputs: dict[str, np.ndarray], device: str = "cpu") -> tuple[t
     return to_torch(inputs, device)
 
 
-def model_for_export(model: torch.nn.Module) -> torch.nn.Module:
-    """A pristine copy for each export: tracing may mutate the model (a training-mode model's statistics)."""
-    return copy.deepcopy(model)
+def model_for_export(model: torch.nn.Module, outputs: Optional[list[KeyPath]] = None,
+                     keywords: Optional[list[str]] = None, arity: int = 1) -> torch.nn.Module:
+    """A pristine copy for each export: tracing may mutate the model (a training-mode model's statistics).
+
+    With `outputs` (key paths into a structured output: dicts, ``ModelOutput``, nested tuples) the copy
+    is wrapped in :class:`FlatOutputs`, which returns exactly those tensors as a flat tuple, so every
+    exporter sees the same outputs in the same order; with `keywords`, the wrapper passes its
+    positional inputs to ``forward`` by those names.
+    """
+    clone = copy.deepcopy(model)
+    if outputs is None and not keywords:
+        return clone
+    return flat_outputs_class(arity)(clone, outputs, keywords)
+
+
+class FlatOutputs(torch.nn.Module):
+    """`model` returning the tensors at `paths` of its output as one flat tuple (exporters cannot all
+    emit dicts, and TorchScript's trace rejects them). Leaves the wrapped model's training flags as
+    they are: a model left in training mode stays so, which is what the exporters must see."""
+
+    def __init__(self, model: torch.nn.Module, paths: Optional[list[KeyPath]], keywords: Optional[list[str]]):
+        super().__init__()
+        self.model = model
+        self.paths = [tuple(p) for p in paths] if paths is not None else None
+        self.keywords = list(keywords or [])
+        self.training = model.training  # not .train(): that would set every submodule's flag too
+
+    def call(self, *args: torch.Tensor) -> Any:
+        out = self.model(**dict(zip(self.keywords, args))) if self.keywords else self.model(*args)
+        if self.paths is None:
+            return out
+        return tuple(pick(out, p) for p in self.paths)
+
+
+_FLAT: dict[int, type] = {}
+
+
+def flat_outputs_class(arity: int) -> type:
+    """:class:`FlatOutputs` with a ``forward`` of exactly `arity` positional tensors (torch.export
+    and the ONNX exporter match example inputs and dynamic shapes to named parameters, not to
+    ``*args``)."""
+    if arity not in _FLAT:
+        params = ", ".join(f"input{i}" for i in range(arity))
+        namespace: dict = {}
+        exec(f"def forward(self, {params}):\n    return self.call({params})\n", namespace)  # noqa: S102
+        _FLAT[arity] = type(f"FlatOutputs{arity}", (FlatOutputs,), {"forward": namespace["forward"],
+                                                                      "__module__": __name__})
+    return _FLAT[arity]
+
+
+def keyword_inputs(model: torch.nn.Module, input_names: list[str]) -> Optional[list[str]]:
+    """The input names to pass by keyword, when every one names a parameter of ``forward`` but not in
+    its positional order (a text model's ``attention_mask`` listed before ``input_ids``); else None."""
+    try:
+        params = [p for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    except (TypeError, ValueError):
+        return None
+    names = [p.name for p in params]
+    if not set(input_names) <= set(names):
+        return None
+    positional = [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+    return None if positional[:len(input_names)] == list(input_names) else list(input_names)
+
+
+def vocabulary_size(model: torch.nn.Module) -> Optional[int]:
+    """How many token ids the model embeds: a Hugging Face config's ``vocab_size``, else the size of
+    its only ``nn.Embedding``; None when it cannot say."""
+    config = getattr(model, "config", None)
+    if isinstance(getattr(config, "vocab_size", None), int):
+        return config.vocab_size
+    embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    return embeddings[0].num_embeddings if len(embeddings) == 1 else None
 
 
 def lint_model(model: torch.nn.Module) -> list:
@@ -83,5 +156,10 @@ def lint_model(model: torch.nn.Module) -> list:
 
 
 @torch.inference_mode()
-def run_eager(model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    return flatten_outputs(model(*to_torch(inputs)))
+def run_eager(model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> list[tuple[KeyPath, np.ndarray]]:
+    """Every tensor the model returns, by its key path (see parity.outputs). Inputs go by keyword
+    where :func:`keyword_inputs` says so, else by position in the case's order."""
+    tensors = to_torch(inputs)
+    keywords = keyword_inputs(model, list(inputs))
+    out = model(**dict(zip(keywords, tensors))) if keywords else model(*tensors)
+    return [(p, tensor_to_numpy(pick(out, p))) for p in leaf_paths(out, torch.is_tensor)]

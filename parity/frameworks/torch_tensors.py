@@ -19,12 +19,14 @@ def to_torch(inputs: dict[str, np.ndarray], device: str = "cpu") -> tuple[torch.
 
 def flatten_outputs(out: Any) -> list[np.ndarray]:
     """Tensors of a model's output in a fixed order: a tensor, or nested tuples/lists/dicts of them."""
-    return flatten(out, _tensor_to_numpy)
+    return flatten(out, tensor_to_numpy)
 
 
-def _tensor_to_numpy(value: Any) -> np.ndarray:
+def tensor_to_numpy(value: Any) -> np.ndarray:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"model output of type {type(value).__name__} is not a tensor, tuple, list or dict of tensors")
+    if value.dtype == torch.bfloat16:
+        value = value.float()
     return value.detach().cpu().numpy()
 
 

@@ -70,6 +70,10 @@ def source_digest(module: str, search: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
+#: Bumped when what a model entry stores changes (output names and key paths since layout 2).
+REFERENCE_LAYOUT = 2
+
+
 def model_key(case: Case) -> str:
     """Key of what the model computes: factory, its code, kwargs, seed, weights, inputs, versions."""
     search = [str(case.directory)]
@@ -78,6 +82,7 @@ def model_key(case: Case) -> str:
         "factory_source": source_digest(case.model.factory.partition(":")[0], search),
         "inputs": case.input_fingerprint(),
         "outputs": case.outputs,
+        "layout": REFERENCE_LAYOUT,
         "versions": _versions(),
     }
     if case.model.weights:

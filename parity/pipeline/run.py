@@ -26,6 +26,7 @@ from parity.artefact import Artefact, Expected
 from parity.case import Case, load_object
 from parity.errors import BackendUnavailable, CaseError, ExportError, short_error
 from parity.formats import FORMATS
+from parity.outputs import dotted, has_names
 from parity.pipeline.inputs import batch, make_pool
 
 if TYPE_CHECKING:
@@ -92,7 +93,9 @@ class CaseRun:
         if self._model is None:
             try:
                 start = time.perf_counter()
-                self._model = self.framework.build_model(self.case)
+                model = self.framework.build_model(self.case)
+                self._check_vocabulary(model)
+                self._model = model
                 self.timings["build_model_s"] = time.perf_counter() - start
             except CaseError as e:
                 self._model_error = e
@@ -102,6 +105,17 @@ class CaseRun:
                                               f"{self.case.model.factory} failed: {short_error(e, 4)}")
                 raise self._model_error from None
         return self._model
+
+    def _check_vocabulary(self, model) -> None:
+        """Token ids a case draws must exist in the model's vocabulary (where the model says its size)."""
+        vocab = self.framework.vocabulary_size(model)
+        if vocab is None:
+            return
+        for name, spec in self.case.inputs.items():
+            if spec.distribution == "tokens" and spec.high > vocab:
+                raise CaseError(self.case.path, f"inputs.{name}.high", f"draws token ids up to {int(spec.high) - 1} "
+                                f"but the model's vocabulary has {vocab} ids (0..{vocab - 1}); set high: {vocab} "
+                                "or less")
 
     @cached_property
     def eager(self):
@@ -124,21 +138,57 @@ class CaseRun:
                     arrays = {k: data[k] for k in data.files}
                 reference = {size: {name: arrays[f"{name}@b{size}"] for name in meta["output_names"]}
                              for size in self.case.batch_sizes}
-                return {"output_names": meta["output_names"], "reference": reference,
+                return {**meta, "output_paths": [tuple(p) for p in meta["output_paths"]], "reference": reference,
                         "findings": [Finding(**f) for f in meta["findings"]], "cached": True}
             eager = self.eager  # builds the model (timed apart as build_model_s)
             start = time.perf_counter()
             raw = {size: self.framework.run_eager(eager, self.inputs(size)) for size in self.case.batch_sizes}
-            names = self._names_for(len(raw[min(raw)]))
-            reference = {size: dict(zip(names, arrays)) for size, arrays in raw.items()}
+            paths = [p for p, _ in raw[min(raw)]]
+            names, selected = self._select(paths)
+            reference = {size: dict(zip(names, self._pick(found, selected))) for size, found in raw.items()}
             findings = self.framework.lint_model(self.model)
             self.timings["reference_s"] = time.perf_counter() - start
+            meta = {"output_names": names, "output_paths": [list(p) for p in selected],
+                    "returned": [dotted(p) for p in paths],
+                    "flatten": _needs_flattening(paths, selected),
+                    "keywords": self.framework.keyword_inputs(self.model, list(self.case.inputs))}
             with self.cache.writing(entry) as tmp:
                 np.savez(tmp / "reference.npz", **{f"{n}@b{size}": a for size, out in reference.items()
                                                    for n, a in out.items()})
-                (tmp / "meta.json").write_text(json.dumps({"output_names": names,
-                                                           "findings": [f.as_dict() for f in findings]}))
-            return {"output_names": names, "reference": reference, "findings": findings, "cached": False}
+                (tmp / "meta.json").write_text(json.dumps({**meta, "findings": [f.as_dict() for f in findings]}))
+            return {**meta, "output_paths": selected, "reference": reference, "findings": findings, "cached": False}
+
+    def _select(self, paths: list[tuple]) -> tuple[list[str], list[tuple]]:
+        """(the case's output names, the key path of each) for the outputs the case compares.
+
+        Without ``outputs:``, every returned tensor, by its dotted name. With it, the names select
+        (and order) outputs by name; a model returning unnamed tensors (one, or a tuple) may instead
+        be given one name per tensor, in order. Anything else is a case error listing the real names.
+        """
+        natural = [dotted(p) for p in paths]
+        listed = self.case.outputs
+        if listed is None:
+            return natural, list(paths)
+        if all(n in natural for n in listed):
+            return list(listed), [paths[natural.index(n)] for n in listed]
+        real = ", ".join(natural)
+        if not has_names(paths):
+            if len(listed) == len(paths):
+                return list(listed), list(paths)
+            raise CaseError(self.case.path, "outputs", f"lists {len(listed)} name(s) but the model returns "
+                            f"{len(paths)} unnamed tensor(s) ({real}); list one name per returned tensor, in order")
+        unknown = ", ".join(repr(n) for n in listed if n not in natural)
+        raise CaseError(self.case.path, "outputs", f"the model returns no output named {unknown}; it returns: {real}. "
+                        "List names from these (dotted for nested outputs)")
+
+    @staticmethod
+    def _pick(found: list[tuple[tuple, np.ndarray]], selected: list[tuple]) -> list[np.ndarray]:
+        by_path = dict(found)
+        missing = [dotted(p) for p in selected if p not in by_path]
+        if missing:
+            raise ValueError(f"the model did not return {', '.join(missing)} on this batch (its output structure "
+                             f"changed: it returned {', '.join(dotted(p) for p, _ in found)})")
+        return [by_path[p] for p in selected]
 
     def reference(self, size: int) -> dict[str, np.ndarray]:
         if size not in self._reference:
@@ -147,19 +197,30 @@ class CaseRun:
         return self._reference[size]
 
     def run_eager(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._name(self.framework.run_eager(self.eager, inputs))
+        found = self.framework.run_eager(self.eager, inputs)
+        return dict(zip(self.output_names, self._pick(found, self._model_results["output_paths"])))
 
     @property
     def output_names(self) -> list[str]:
         return self._model_results["output_names"]
 
-    def _names_for(self, count: int) -> list[str]:
-        if self.case.outputs is not None:
-            if len(self.case.outputs) != count:
-                raise CaseError(self.case.path, "outputs", f"lists {len(self.case.outputs)} name(s) but the model "
-                                f"returns {count} tensor(s); list one name per returned tensor")
-            return list(self.case.outputs)
-        return ["output"] if count == 1 else [f"output{i}" for i in range(count)]
+    @property
+    def export_wrapping(self) -> Optional[str]:
+        """Why exporters get the model wrapped (flattened outputs, keyword inputs), or None."""
+        meta = self._model_results
+        parts = []
+        if meta["flatten"]:
+            parts.append(f"outputs flattened to a tuple ({', '.join(self.output_names)}) from the model's "
+                         f"{'structured ' if has_names(meta['output_paths']) else ''}output")
+        if meta["keywords"]:
+            parts.append(f"inputs passed to forward by keyword ({', '.join(meta['keywords'])})")
+        return "; ".join(parts) or None
+
+    def model_for_export(self):
+        """The copy of the model one export gets, wrapped when the outputs must be flattened."""
+        meta = self._model_results
+        return self.framework.model_for_export(self.model, meta["output_paths"] if meta["flatten"] else None,
+                                               meta["keywords"], arity=len(self.case.inputs))
 
     def _name(self, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
         names = self.output_names
@@ -236,6 +297,9 @@ class CaseRun:
         if batch_paths:
             metadata["batch"] = "static: one artefact per batch size"
             metadata["artefacts"] = {f"b{size}": path.name for size, path in batch_paths.items()}
+        if self.export_wrapping:
+            metadata["wrapped"] = self.export_wrapping
+        metadata["imports"] = [self.case.model.factory.partition(":")[0]]  # what loading a program may need
         artefact = Artefact(fmt, jobs[-1][1], source, input_names, self.output_names, metadata, batch_paths)
         metadata["size_bytes"] = artefact.size_bytes
         return self._inspect(artefact)
@@ -253,7 +317,7 @@ class CaseRun:
         metadata: dict = {}
         source = ""
         for size, path, inputs in self._jobs(fmt, out_dir):
-            model = self.framework.model_for_export(self.model)  # torch: a pristine copy (tracing may mutate it)
+            model = self.model_for_export()  # torch: a pristine copy (tracing may mutate it)
             try:
                 metadata, source = self.export_module(fmt, model, self.framework.export_inputs(inputs), path,
                                                       list(self.case.inputs), self.output_names)
@@ -431,7 +495,11 @@ class CaseRun:
         if stored is not None and stored.is_file():
             return [Finding(**f) for f in json.loads(stored.read_text())]
         start = time.perf_counter()
-        findings = load_object(linter)(artefact.path)
+        function = load_object(linter)
+        if artefact.batch_paths and "batch_paths" in inspect.signature(function).parameters:
+            findings = function(artefact.path, batch_paths=artefact.batch_paths)  # to trace the batch axis
+        else:
+            findings = function(artefact.path)
         self._time(f"lint_{fmt}_s", start)
         if stored is not None:
             tmp = stored.with_name(f".findings.{os.getpid()}.tmp")
@@ -448,3 +516,10 @@ class CaseRun:
             if not isinstance(r, BaseException):
                 r.deactivate()
         self._runners.clear()
+
+
+def _needs_flattening(paths: list[tuple], selected: list[tuple]) -> bool:
+    """Whether exporters need the model wrapped to return `selected` as a flat tuple: unless it
+    already returns one tensor, or a flat tuple of exactly the selected tensors in order."""
+    flat = all(len(p) <= 1 and all(isinstance(k, int) for k in p) for p in paths)
+    return not (flat and list(selected) == list(paths))

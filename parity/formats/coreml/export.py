@@ -46,12 +46,18 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
                           else x for x in example_inputs)
     log = io.StringIO()
     with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(log), \
-            contextlib.redirect_stderr(log):  # progress bars and version warnings
+            contextlib.redirect_stderr(log), converter_errors() as errors:  # progress bars and version warnings
         warnings.simplefilter("always")
         traced = torch.jit.trace(model, traced_inputs, check_trace=False)
-        mlmodel = ct.convert(traced, inputs=inputs, outputs=[ct.TensorType(name=n) for n in output_names],
-                             convert_to="mlprogram", compute_precision=getattr(ct.precision, PRECISIONS[precision]),
-                             minimum_deployment_target=target, skip_model_load=True)
+        try:
+            mlmodel = ct.convert(traced, inputs=inputs, outputs=[ct.TensorType(name=n) for n in output_names],
+                                 convert_to="mlprogram",
+                                 compute_precision=getattr(ct.precision, PRECISIONS[precision]),
+                                 minimum_deployment_target=target, skip_model_load=True)
+        except Exception as e:
+            if errors:  # the op and its location, which coremltools logs but leaves out of the exception
+                raise RuntimeError(f"coremltools: {'; '.join(errors)}: {type(e).__name__}: {e}") from e
+            raise
         mlmodel.save(str(path))
     messages = sorted({str(w.message).splitlines()[0] for w in caught
                        if not issubclass(w.category, (DeprecationWarning, ResourceWarning))
@@ -61,6 +67,27 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
             "compute_precision": PRECISIONS[precision],
             "minimum_deployment_target": str(minimum_deployment_target) if target is not None else "coremltools default",
             "batch": f"flexible: ct.RangeDim(1, {batch})", "warnings": messages}
+
+
+@contextlib.contextmanager
+def converter_errors():
+    """Collect the ERROR records coremltools logs while converting (``converting 'int' op (located
+    at: 'model/embeddings/38')``): the exception it raises afterwards names neither op nor place."""
+    import logging
+
+    found: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            found.append(record.getMessage().strip().rstrip(":"))
+
+    handler = _Collect(level=logging.ERROR)
+    logger = logging.getLogger("coremltools")
+    logger.addHandler(handler)
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
 
 
 def deployment_target(name: Optional[str]):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import importlib
+import importlib.util
+import re
+import warnings
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -10,23 +14,65 @@ import parity._triton_first  # noqa: F401
 import torch
 
 from parity.frameworks.torch_tensors import flatten_outputs, to_torch
+from parity.errors import short_error
 from parity.formats.base import Runner
 from parity.frameworks.torch_tensors import cuda_unavailable_reason
 
 
-def load_program(path):
-    """``torch.export.load``, registering torchao's quantized ops first when the program needs them
-    (a PT2E-quantized program cannot be deserialized in a process that never imported torchao)."""
-    try:
-        return torch.export.load(str(path))
-    except RuntimeError:
-        import importlib.util
+_UNREGISTERED = re.compile(r"Deserializing ([\w.]+) in pytree is not registered")
 
-        if importlib.util.find_spec("torchao") is None:
-            raise
-        import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401  (registers quantized_decomposed ops)
 
-        return torch.export.load(str(path))
+def load_program(path, imports: Sequence[str] = ()):
+    """``torch.export.load``, first importing what the saved program needs.
+
+    A program whose inputs or outputs are library types (a Hugging Face ``ModelOutput``) needs the
+    module that registers them as pytree nodes imported first: `imports` (the model factory's
+    module, recorded at export) are imported, and a type the deserialiser names as unregistered has
+    its module imported before one retry. torchao's quantized ops are registered likewise for a
+    PT2E-quantized program. When loading still fails, the deserialiser's warnings join the message
+    (torch's own error only says to check them).
+    """
+    for module in imports:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - best effort: the program may not need it
+            pass
+    tried: set[str] = set()
+    while True:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                return torch.export.load(str(path))
+            except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, KeyError, ...
+                said = " ".join(str(w.message) for w in caught)
+                needed = _needed_module(f"{e} {said}")
+                if needed is not None and needed not in tried:
+                    tried.add(needed)
+                    importlib.import_module(needed)
+                    continue
+                if "torchao" not in tried and importlib.util.find_spec("torchao") is not None:
+                    tried.add("torchao")
+                    import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401  (quantized_decomposed ops)
+                    continue
+                if said:
+                    raise RuntimeError(f"{short_error(e, 2)}; torch.export.load warned: {said[:600]}") from e
+                raise
+
+
+def _needed_module(text: str) -> Optional[str]:
+    """The importable module of a type the pytree deserialiser says is not registered."""
+    found = _UNREGISTERED.search(text)
+    if not found:
+        return None
+    parts = found.group(1).split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        name = ".".join(parts[:end])
+        try:
+            if importlib.util.find_spec(name) is not None:
+                return name
+        except (ImportError, ValueError):
+            continue
+    return None
 
 
 class ExportedProgramRunner(Runner):
@@ -50,7 +96,7 @@ class ExportedProgramRunner(Runner):
     def _load(self, path) -> torch.nn.Module:
         # Not .eval(): a program exported in training mode cannot be switched (NotImplementedError),
         # and the harness runs what was exported.
-        return load_program(path).module().to(self.backend)
+        return load_program(path, self.artefact.metadata.get("imports", ())).module().to(self.backend)
 
     def _module_for(self, size: int) -> torch.nn.Module:
         if None in self.modules:
