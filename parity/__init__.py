@@ -4,8 +4,8 @@
 Frameworks are imported where they are used, when a case needs them.
 """
 
-from parity.errors import BackendUnavailable, CaseError, ExportError, GoldenError, ParityError
+from parity.errors import BackendUnavailable, CaseError, ExportError, GoldenError, ParityError, RunnerError
 
 __version__ = "0.1.0"
 
-__all__ = ["BackendUnavailable", "CaseError", "ExportError", "GoldenError", "ParityError", "__version__"]
+__all__ = ["BackendUnavailable", "CaseError", "ExportError", "GoldenError", "ParityError", "RunnerError", "__version__"]

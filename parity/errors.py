@@ -24,6 +24,11 @@ class ExportError(ParityError):
     """An exporter (ours or the user's) failed. The message is cut to the lines that matter."""
 
 
+class RunnerError(ParityError):
+    """The artefact exported, but a runner could not load or run it (a runtime's missing kernel,
+    the MIL reference evaluator's missing op). Not an export failure: the message says which."""
+
+
 class BackendUnavailable(ParityError):
     """A runtime backend cannot run here; the message is the skip reason."""
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from parity.case import Case, load_object
 from parity.checks import CHECKS, CheckResult
-from parity.errors import BackendUnavailable, CaseError, ExportError, GoldenError, short_error
+from parity.errors import BackendUnavailable, CaseError, ExportError, GoldenError, RunnerError, short_error
 from parity.formats import FORMATS
 from parity.golden import GoldenStore
 from parity.pipeline.run import CaseRun
@@ -55,6 +55,8 @@ class Session:
             return CheckResult("skipped", str(e))
         except ExportError as e:
             return CheckResult("error", f"export to {fmt} failed: {e}")
+        except RunnerError as e:
+            return CheckResult("error", str(e))
         except (CaseError, GoldenError) as e:
             return CheckResult("error", str(e))
         except Exception as e:

@@ -24,7 +24,7 @@ import numpy as np
 from parity import tolerance
 from parity.artefact import Artefact, Expected
 from parity.case import Case, load_object
-from parity.errors import BackendUnavailable, CaseError, ExportError, short_error
+from parity.errors import BackendUnavailable, CaseError, ExportError, RunnerError, short_error
 from parity.formats import FORMATS
 from parity.outputs import dotted, has_names
 from parity.pipeline.inputs import batch, make_pool
@@ -441,8 +441,8 @@ class CaseRun:
             except BackendUnavailable:
                 raise
             except Exception as e:
-                self._runners[k] = ExportError(f"{fmt} artefact {artefact.path.name} could not be loaded by "
-                                               f"{runner_cls.__name__} on {backend}: {short_error(e)}")
+                self._runners[k] = RunnerError(f"the {fmt} export succeeded, but {runner_cls.__name__} on {backend} "
+                                               f"could not load {artefact.path.name}: {short_error(e)}")
         found = self._runners[k]
         if isinstance(found, BaseException):
             raise found

@@ -374,6 +374,60 @@ OPS: list[Op] = [
        lambda x: F.pixel_unshuffle(x, 2), opset=ct.target.iOS16),
 ]
 
+def _ifoz(w):
+    """torch's LSTM gate order (input, forget, cell, output) to MIL's (input, forget, output, cell)."""
+    i, f, g, o = np.split(w, 4)
+    return np.concatenate([i, f, o, g])
+
+
+_LSTM = torch.nn.LSTM(3, 4, batch_first=False, bidirectional=True)
+_LW = {k: v.detach().numpy() for k, v in _LSTM.state_dict().items()}
+
+
+def _mil_lstm(direction: str, output_sequence: bool = True):
+    suffixes = ["", "_reverse"] if direction == "bidirectional" else ["_reverse" if direction == "reverse" else ""]
+
+    def build(x):
+        w = [(_ifoz(_LW[f"weight_ih_l0{s}"]), _ifoz(_LW[f"weight_hh_l0{s}"]),
+              _ifoz(_LW[f"bias_ih_l0{s}"] + _LW[f"bias_hh_l0{s}"])) for s in suffixes]
+        zeros = np.zeros((2, 4 * len(suffixes)), np.float32)
+        back = dict(weight_ih_back=w[1][0], weight_hh_back=w[1][1], bias_back=w[1][2]) if len(w) > 1 else {}
+        return mb.lstm(x=x, initial_h=zeros, initial_c=zeros, weight_ih=w[0][0], weight_hh=w[0][1], bias=w[0][2],
+                       direction=direction, output_sequence=output_sequence, **back)[0]
+    return build
+
+
+def _torch_lstm(direction: str, output_sequence: bool = True):
+    def reference(x):
+        if direction == "bidirectional":
+            out, _ = _LSTM(x)
+            return out.detach()
+        one = torch.nn.LSTM(3, 4)
+        s = "_reverse" if direction == "reverse" else ""
+        one.load_state_dict({k: T(_LW[k + s]) for k in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")})
+        out, (h, _) = one(x.flip(0) if s else x)
+        out = out.flip(0) if s else out
+        return (out if output_sequence else h).detach()
+    return reference
+
+
+RECURRENT = [
+    Op("lstm-forward", {"x": rand(5, 2, 3)}, _mil_lstm("forward"), _torch_lstm("forward")),
+    Op("lstm-reverse", {"x": rand(5, 2, 3)}, _mil_lstm("reverse"), _torch_lstm("reverse")),
+    Op("lstm-bidirectional", {"x": rand(5, 2, 3)}, _mil_lstm("bidirectional"), _torch_lstm("bidirectional")),
+    Op("lstm-last-step", {"x": rand(5, 2, 3)}, _mil_lstm("forward", False), _torch_lstm("forward", False)),
+    Op("gather-scalar-index", {"x": rand(4, 5)}, lambda x: mb.gather(x=x, indices=np.int32(2), axis=0),
+       lambda x: x[2]),
+    Op("gather-scalar-of-vector", {"x": rand(5)}, lambda x: mb.add(x=mb.gather(x=x, indices=np.int32(-1), axis=0),
+                                                                  y=np.float32(0.0)), lambda x: x[-1]),
+    Op("real_div-exact-integers", {"x": np.array([48, 12], np.int32), "y": np.array([3, 4], np.int32)},
+       lambda x, y: mb.real_div(x=x, y=y), lambda x, y: torch.div(x, y, rounding_mode="trunc")),
+    Op("concat-scalars", {"x": rand(4, 5)},
+       lambda x: mb.reshape(x=x, shape=mb.concat(values=[mb.gather(x=mb.shape(x=x), indices=np.int32(1), axis=0),
+                                                         np.int32(-1)], axis=0)),
+       lambda x: x.reshape(5, -1)),
+]
+OPS += RECURRENT
 _W3 = rand(3, 4, 2, 2, 2)
 OPS = [op if op.id != "conv-3d" else Op("conv-3d", op.inputs, lambda x: mb.conv(x=x, weight=_W3, pad_type="valid"),
                                          lambda x: F.conv3d(x, T(_W3))) for op in OPS]
@@ -487,3 +541,10 @@ def test_symbolic_batch_binds_consistently():
     assert next(iter(out.values())).shape == (4, 3)
     with pytest.raises(MilEvaluationError, match="shape"):
         Evaluator(prog).run({"x": rand(4, 3), "y": rand(5, 3)})
+
+
+def test_inexact_integer_division_is_refused_not_guessed():
+    x, y = np.array([7, 8], np.int32), np.array([2, 4], np.int32)
+    prog = program(lambda x, y: mb.real_div(x=x, y=y), {"x": x, "y": y})
+    with pytest.raises(UnsupportedOpError, match="real_div of integer tensors with a remainder"):
+        Evaluator(prog).run({"x": x, "y": y})

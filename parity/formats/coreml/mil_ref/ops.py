@@ -153,7 +153,12 @@ _BINARY = {
 def _binary(a):
     x, y = a.tensor("x"), a.tensor("y")
     if a.op.op_type == "real_div" and not x.is_floating_point():
-        raise UnsupportedOpError("real_div of integer tensors: Core ML's rounding of the result is not documented")
+        # integer shape arithmetic (a head size from a width): exact divisions have one answer; how
+        # Core ML rounds an inexact one is not documented, so that is refused rather than guessed
+        if (y == 0).any() or (torch.remainder(x, y) != 0).any():
+            raise UnsupportedOpError("real_div of integer tensors with a remainder: Core ML's rounding of the result "
+                                     "is not documented")
+        return torch.div(x, y, rounding_mode="trunc").to(a.out_dtype())
     return _BINARY[a.op.op_type](_f(x), _f(y))
 
 
@@ -680,6 +685,8 @@ def _slice_by_size(a):
 @kernel("concat")
 def _concat(a):
     values = a.tensors("values")
+    if values[0].dim() == 0:  # scalars (a shape assembled from gathered sizes) concatenate to a vector
+        return torch.stack(values)
     axis = _axis(a.int("axis"), values[0].dim())
     if a.bool("interleave"):
         return torch.stack(values, dim=axis + 1).flatten(axis, axis + 1)
@@ -724,7 +731,7 @@ def _pad(a):
     y = _f(x)
     lead = y.shape[: y.dim() - dims]
     padded = F.pad(y.reshape(1, -1, *y.shape[y.dim() - dims:]), pairs, mode=mode)  # wants (N, C, *spatial)
-    return padded.reshape(*lead, *padded.shape[2:])
+    return padded.reshape((*lead, *padded.shape[2:]))
 
 
 @kernel("shape")
@@ -752,7 +759,7 @@ def _gather(a):
         raise UnsupportedOpError("gather with batch_dims > 0")
     indices = torch.where(indices < 0, indices + x.shape[axis], indices)
     out = x.index_select(axis, indices.reshape(-1))
-    return out.reshape(*x.shape[:axis], *indices.shape, *x.shape[axis + 1:])
+    return out.reshape((*x.shape[:axis], *indices.shape, *x.shape[axis + 1:]))  # a scalar index drops the axis
 
 
 @kernel("gather_along_axis")
@@ -771,3 +778,66 @@ def _pixel_shuffle(a):
 @kernel("pixel_unshuffle")
 def _pixel_unshuffle(a):
     return F.pixel_unshuffle(a.tensor("x"), a.int("downscale_factor"))
+
+
+# --------------------------------------------------------------------------- recurrent layers
+
+_RNN_ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu, "linear": lambda t: t}
+
+
+def _rnn_activation(a, name: str, default: str):
+    kind = (a.str(name) or default).lower()
+    if kind not in _RNN_ACTIVATIONS:
+        raise UnsupportedOpError(f"{name} {kind!r}")
+    return _RNN_ACTIVATIONS[kind]
+
+
+def _lstm_direction(x, h, c, w_ih, w_hh, bias, peephole, reverse: bool, acts, clip):
+    """One direction over the sequence; MIL's gate order is [input, forget, output, cell]."""
+    recurrent, cell_act, act = acts
+    hidden = h.shape[-1]
+    steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
+    outputs = [None] * x.shape[0]
+    for t in steps:
+        gates = x[t] @ w_ih.T + h @ w_hh.T + (bias if bias is not None else 0)
+        gi, gf, go, gz = (gates[:, k * hidden:(k + 1) * hidden] for k in range(4))
+        if peephole is not None:
+            gi = gi + peephole[:hidden] * c
+            gf = gf + peephole[hidden:2 * hidden] * c
+        z = cell_act(gz)
+        if clip is not None:
+            z = z.clamp(-clip, clip)
+        c = recurrent(gf) * c + recurrent(gi) * z
+        if peephole is not None:
+            go = go + peephole[2 * hidden:] * c
+        h = recurrent(go) * act(c)
+        outputs[t] = h
+    return torch.stack(outputs), h, c
+
+
+@kernel("lstm")
+def _lstm(a):
+    x = _f(a.tensor("x"))
+    direction = a.str("direction") or "forward"
+    acts = (_rnn_activation(a, "recurrent_activation", "sigmoid"), _rnn_activation(a, "cell_activation", "tanh"),
+            _rnn_activation(a, "activation", "tanh"))
+    clip = a.float("clip") if a.has("clip") else None
+    h0, c0 = _f(a.tensor("initial_h")), _f(a.tensor("initial_c"))
+
+    def opt(name):
+        return _f(a.tensor(name)) if a.has(name) else None
+
+    forward = (opt("weight_ih"), opt("weight_hh"), opt("bias"), opt("peephole"))
+    if direction == "bidirectional":
+        hidden = h0.shape[-1] // 2
+        out_f, h_f, c_f = _lstm_direction(x, h0[:, :hidden], c0[:, :hidden], *forward, False, acts, clip)
+        back = (opt("weight_ih_back"), opt("weight_hh_back"), opt("bias_back"), opt("peephole_back"))
+        out_b, h_b, c_b = _lstm_direction(x, h0[:, hidden:], c0[:, hidden:], *back, True, acts, clip)
+        out, h, c = torch.cat([out_f, out_b], -1), torch.cat([h_f, h_b], -1), torch.cat([c_f, c_b], -1)
+    elif direction in ("forward", "reverse"):
+        out, h, c = _lstm_direction(x, h0, c0, *forward, direction == "reverse", acts, clip)
+    else:
+        raise UnsupportedOpError(f"direction {direction!r}")
+    if not (a.bool("output_sequence") if a.has("output_sequence") else False):
+        out = h.unsqueeze(0)  # the final step's hidden state, <1, b, D*H>
+    return out, h, c
