@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Optional
 
 
 class ParityError(Exception):
@@ -53,4 +54,21 @@ def short_error(exc: BaseException, lines: int = 8) -> str:
     cut = kept[:lines]
     if len(kept) > lines:
         cut.append(f"... ({len(kept) - lines} more lines)")
+        if "failed in the TorchScript interpreter" in text:
+            cut.append(kept[-1])  # the interpreter's own error comes last, after its traceback
     return "\n".join(cut)
+
+
+#: What exporters say when a model's control flow or shapes depend on its input values.
+_DATA_DEPENDENT = re.compile(r"GuardOnDataDependentSymNode|data-dependent|data dependent|torchvision::nms|"
+                             r"Could not extract specialized integer|nonzero|unbacked", re.IGNORECASE)
+
+
+def export_hint(text: str) -> Optional[str]:
+    """A plain statement of a known export limit recognised in an exporter's error text, or None."""
+    if _DATA_DEPENDENT.search(text):
+        nms = "NMS, " if "nms" in text.lower() else ""
+        return (f"data-dependent control flow ({nms}a branch or shape that depends on input values): this route "
+                "traces one static graph; export the part before it (the backbone and heads) or use a route that "
+                "supports it")
+    return None

@@ -24,7 +24,7 @@ import numpy as np
 from parity import tolerance
 from parity.artefact import Artefact, Expected
 from parity.case import Case, load_object
-from parity.errors import BackendUnavailable, CaseError, ExportError, RunnerError, short_error
+from parity.errors import BackendUnavailable, CaseError, ExportError, RunnerError, export_hint, short_error
 from parity.formats import FORMATS
 from parity.outputs import dotted, has_names
 from parity.pipeline.inputs import batch, make_pool
@@ -388,7 +388,8 @@ class CaseRun:
         except CaseError:
             raise
         except Exception as e:
-            raise ExportError(f"{who} raised {short_error(e)}") from e
+            hint = export_hint(f"{type(e).__name__}: {e}")
+            raise ExportError(f"{hint + ': ' if hint else ''}{who} raised {short_error(e)}") from e
         if not path.exists():
             raise ExportError(f"{who} wrote nothing at {path}")
         return (dict(metadata) if isinstance(metadata, dict) else {}), source

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -79,7 +80,7 @@ def converter_errors():
 
     class _Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            found.append(record.getMessage().strip().rstrip(":"))
+            found.append(re.sub(r"^ERROR\s*-\s*", "", record.getMessage().strip()).rstrip(":"))
 
     handler = _Collect(level=logging.ERROR)
     logger = logging.getLogger("coremltools")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import logging
 import re
+import traceback
 import warnings
 from typing import Optional, Sequence
 
@@ -39,12 +42,12 @@ def load_program(path, imports: Sequence[str] = ()):
             pass
     tried: set[str] = set()
     while True:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, _logged("torch.export") as logged:
             warnings.simplefilter("always")
             try:
                 return torch.export.load(str(path))
             except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, KeyError, ...
-                said = " ".join(str(w.message) for w in caught)
+                said = " ".join([*(str(w.message) for w in caught), *logged])
                 needed = _needed_module(f"{e} {said}")
                 if needed is not None and needed not in tried:
                     tried.add(needed)
@@ -57,6 +60,30 @@ def load_program(path, imports: Sequence[str] = ()):
                 if said:
                     raise RuntimeError(f"{short_error(e, 2)}; torch.export.load warned: {said[:600]}") from e
                 raise
+
+
+@contextlib.contextmanager
+def _logged(name: str):
+    """The last line of each record `name`'s logger emits (torch logs the deserialiser's error, with
+    its traceback, and raises only 'check the warnings above')."""
+    found: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            text = record.getMessage()
+            if record.exc_info:
+                text += "\n" + "".join(traceback.format_exception(*record.exc_info))
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            if lines:
+                found.append(lines[-1])
+
+    handler = _Collect(level=logging.WARNING)
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
 
 
 def _needed_module(text: str) -> Optional[str]:

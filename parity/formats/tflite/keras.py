@@ -47,10 +47,14 @@ def tflite_int8(model, example_inputs: tuple, path: Path, *, input_names: list[s
                 calibration: dict[str, np.ndarray]) -> dict:
     arrays = list(calibration.values())
     count = len(arrays[0])
+    # by name: the converter orders a multi-input model's inputs its own way (not the model's), so
+    # a positional list would feed an image to a vector input
+    names = [t.name.split(":")[0] for t in model.inputs] if len(arrays) > 1 else []
 
     def representative():
         for i in range(count):
-            yield [a[i:i + 1] for a in arrays]
+            samples = [a[i:i + 1] for a in arrays]
+            yield dict(zip(names, samples)) if names else samples
 
     def setup(converter):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

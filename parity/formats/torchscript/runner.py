@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import re
 from typing import Optional
 
 import numpy as np
@@ -26,7 +29,15 @@ class TorchScriptRunner(Runner):
         return f"torch {torch.__version__} TorchScript on {self.backend}"
 
     def activate_impl(self) -> None:
-        self.module = torch.jit.load(str(self.artefact.path), map_location=self.backend)
+        try:
+            self.module = torch.jit.load(str(self.artefact.path), map_location=self.backend)
+        except RuntimeError as e:
+            # a program calling a library's registered ops (torchvision::nms) needs the library imported
+            library = re.search(r"Unknown builtin op: (\w+)::", str(e))
+            if library is None or importlib.util.find_spec(library.group(1)) is None:
+                raise
+            importlib.import_module(library.group(1))
+            self.module = torch.jit.load(str(self.artefact.path), map_location=self.backend)
 
     def infer_impl(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         with torch.inference_mode():

@@ -59,3 +59,46 @@ def test_cuda_skipped_with_reason_here(case_dir, tmp_path, check):
         pytest.skip("CUDA present: the skip path is not taken")
     result, _ = run(case_dir, tmp_path, PT2, check, backend="cuda")
     assert result.status == "skipped" and "sees no CUDA device" in result.message
+
+
+def test_a_program_returning_library_types_loads_in_a_fresh_process(tmp_path):
+    """A .pt2 whose output is a Hugging Face ModelOutput needs transformers imported before
+    torch.export.load (its pytree type): the runner imports it, in a process that never did."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("transformers")
+    path = tmp_path / "hf.pt2"
+    save = f"""
+import torch
+from transformers.modeling_outputs import SequenceClassifierOutput
+class M(torch.nn.Module):
+    def forward(self, x):
+        return SequenceClassifierOutput(logits=x * 2)
+torch.export.save(torch.export.export(M(), (torch.ones(2, 3),)), {str(path)!r})
+"""
+    subprocess.run([sys.executable, "-c", save], check=True, capture_output=True)
+    plain = "import torch, sys; torch.export.load(sys.argv[1])"
+    bare = subprocess.run([sys.executable, "-c", plain, str(path)], capture_output=True, text=True)
+    assert bare.returncode != 0 and "not registered" in bare.stderr  # the failure the runner works around
+    load = ("import sys, torch; from parity.formats.pt2.runner import load_program; "
+            "out = load_program(sys.argv[1]).module()(torch.ones(2, 3)); print(float(out['logits'].sum()))")
+    done = subprocess.run([sys.executable, "-c", load, str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "12.0"
+
+
+def test_a_failed_load_quotes_the_deserialisers_warning(monkeypatch, tmp_path):
+    import warnings
+
+    import torch
+
+    from parity.formats.pt2 import runner
+
+    def failing(path):
+        warnings.warn("Deserializing mylib.Thing in pytree is not registered")
+        raise RuntimeError("Please check the warnings above")
+
+    monkeypatch.setattr(torch.export, "load", failing)
+    with pytest.raises(RuntimeError, match="torch.export.load warned: Deserializing mylib.Thing in pytree"):
+        runner.load_program(tmp_path / "x.pt2")
