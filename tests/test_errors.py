@@ -24,3 +24,14 @@ def test_short_error_cuts_long_messages():
     e = ValueError("\n".join(f"line {i}" for i in range(20)))
     text = short_error(e, lines=3)
     assert text.splitlines() == ["ValueError: line 0", "line 1", "line 2", "... (17 more lines)"]
+
+
+def test_data_dependent_export_failures_are_named_with_the_way_out():
+    from parity.errors import export_hint
+
+    raw = ("GuardOnDataDependentSymNode: Could not guard on data-dependent expression Eq(4*u1, 0) "
+           "(unhinted: Eq(4*u1, 0)).  (Size-like symbols: u1) ... torchvision::nms")
+    hint = export_hint(raw)
+    assert hint.startswith("data-dependent control flow (NMS, ")
+    assert "export the part before it" in hint
+    assert export_hint("RuntimeError: converter exploded: unsupported operator aten::frobnicate") is None

@@ -130,3 +130,58 @@ def test_quantized_artefact_with_one_badly_calibrated_layer(cases):
     assert report.first_divergence == "layer3.0.conv2", report.table()
     passed = [r for r in report.rows if r.status == "pass"]
     assert passed and max(r.rel_error for r in passed) > 0  # int8 noise elsewhere, inside the int8 tolerance
+
+
+INPLACE_MODELS = '''
+import torch
+from torch import nn
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d: the activation is a child of the BatchNorm, applied in place."""
+
+    def __init__(self, channels):
+        super().__init__(channels)
+        self.act = nn.Hardswish(inplace=True)
+
+    def forward(self, x):
+        return self.act(super().forward(x))
+
+
+def inplace_net():
+    """Conv-BatchNormAct blocks, as timm builds them, with one BatchNorm left in training mode."""
+    torch.manual_seed(0)
+    def block(i, o):
+        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), BatchNormAct(o))
+    model = nn.Sequential(block(3, 8), block(8, 8), block(8, 8), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 4))
+    model.train()
+    for _ in range(3):
+        model(torch.randn(8, 3, 16, 16))
+    model.eval()
+    model[1][1].train()
+    return model
+'''
+
+
+def test_in_place_activations_after_the_planted_batchnorm_do_not_move_the_blame(tmp_path):
+    """An in-place activation overwrites its input, which is the BatchNorm's output: recorded inputs
+    and outputs are copies, so the BatchNorm is named, not the activation after it."""
+    d = tmp_path / "cases"
+    d.mkdir()
+    (d / "inplace_models.py").write_text(INPLACE_MODELS)
+    session = Session(tmp_path / "build", tmp_path / "golden")
+    run = session.case_run(load_case(write_case(d, "inplace", """
+        model: {factory: 'inplace_models:inplace_net'}
+        inputs: {x: {shape: [3, 16, 16]}}
+        batch_sizes: [1, 4]
+        formats: [torchscript]
+        backends: [cpu]
+        """)))
+    try:
+        report = triage(run, "torchscript", "cpu")
+    finally:
+        session.close()
+    assert report.first_divergence == "1.1", report.table()
+    assert report.summary.startswith("first divergence: 1.1 (BatchNormAct)")
+    assert {r.path: r.status for r in report.rows}["1.1.act"] == "pass"  # its in-place activation is clean

@@ -57,7 +57,9 @@ class Runner:
     def infer(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         if not self.active:
             raise RuntimeError(f"{self.name}: infer() called before activate()")
-        return self.infer_impl(inputs)
+        # copies: a runtime may compute in place on the buffers it is fed (a traced in-place
+        # activation writes into its input), and the caller's arrays are the case's inputs
+        return self.infer_impl({name: np.array(a, copy=True) for name, a in inputs.items()})
 
     def deactivate(self) -> None:
         if self.active:

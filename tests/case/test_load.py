@@ -247,3 +247,24 @@ def test_latency_unknown_key_and_bad_value(case_dir):
     assert e.field == "latency.run" and "did you mean 'runs'" in e.problem
     e = _error(case_dir, SMALL_CASE + "checks: [latency]\nlatency: {runs: 0}\n")
     assert e.field == "latency.runs" and "greater than 0" in e.problem
+
+
+def test_int8_formats_are_default_only_where_an_accuracy_section_judges_them(case_dir):
+    """On random weights INT8's error against fp32 is noise: without labelled data nothing judges it."""
+    plain = load_case(write_case(case_dir, "plain", SMALL_CASE.replace("formats: [torchscript, onnx]\n", "")))
+    assert "onnx" in plain.formats and not any(f.endswith("_int8") for f in plain.formats)
+    judged = load_case(write_case(case_dir, "judged", SMALL_CASE.replace("formats: [torchscript, onnx]\n", "")
+                                  + "accuracy:\n  evaluation: {source: digits, split: test}\n"))
+    assert {"onnx_int8", "tflite_int8"} <= set(judged.formats)
+    listed = load_case(write_case(case_dir, "listed", SMALL_CASE.replace("[torchscript, onnx]", "[onnx, onnx_int8]")))
+    assert listed.formats == ["onnx", "onnx_int8"]  # listed by the user: kept
+
+
+@pytest.mark.parametrize("field,body,says", [
+    ("inputs.ids", "  ids: {shape: [8], distribution: tokens, high: 50}\n", "set dtype to int64"),
+    ("inputs.ids", "  ids: {shape: [8], dtype: int64, distribution: tokenz, high: 50}\n", "tokens"),
+])
+def test_bad_generator_is_one_line_naming_the_field(case_dir, field, body, says):
+    text = SMALL_CASE.replace("inputs:\n  x: {shape: [3, 8, 8]}\n", "inputs:\n" + body)
+    error = _error(case_dir, text)
+    assert error.field.startswith(field) and says in str(error)

@@ -201,3 +201,27 @@ def test_a_keras_model_in_a_case_declared_torch_is_one_error_naming_the_field(ke
     result = Session(tmp_path / "build", tmp_path / "golden").run_check(case, "onnx", "cpu", "parity")
     assert result.status == "error"
     assert "model.framework" in result.message and "set model.framework: keras" in result.message
+
+
+def test_int8_calibration_of_a_two_input_model_reaches_each_input(tmp_path: Path) -> None:
+    """The converter orders a multi-input model's inputs its own way: calibration samples go by name
+    (positionally, the image reached the vector input: ``conv.cc input->dims->size != 4``)."""
+    import numpy as np
+
+    from parity.artefact import Artefact
+    from parity.formats.tflite.keras import tflite_int8
+    from parity.formats.tflite.runner import LiteRTRunner
+    from parity_examples.keras_zoo import two_inputs
+
+    model = two_inputs()
+    rng = np.random.default_rng(0)
+    data = {"image": rng.normal(size=(16, 16, 16, 3)).astype("float32"),
+            "features": rng.normal(size=(16, 6)).astype("float32")}
+    path = tmp_path / "m.tflite"
+    meta = tflite_int8(model, (), path, input_names=list(data), output_names=["logits"], calibration=data)
+    assert "16 calibration samples" in meta["route"]
+    with LiteRTRunner(Artefact("tflite_int8", path, "parity", list(data), ["logits"]), "cpu") as runner:
+        got = runner.infer({k: v[:4] for k, v in data.items()})[0]
+    want = np.asarray(model([data["image"][:4], data["features"][:4]], training=False))
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() < 0.1 * np.abs(want).max() + 1e-3

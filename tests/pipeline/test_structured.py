@@ -95,7 +95,7 @@ FORMATS = "[torchscript, onnx, pt2]"
 def cases(tmp_path):
     d = tmp_path / "cases"
     d.mkdir()
-    (d / "models.py").write_text(MODELS)
+    (d / "structured_models.py").write_text(MODELS)
     session = Session(tmp_path / "build", tmp_path / "golden")
 
     def make(name: str, body: str):
@@ -107,7 +107,7 @@ def cases(tmp_path):
 
 def test_dict_outputs_are_matched_by_name_in_every_format(cases):
     run = cases("heads", f"""
-        model: {{factory: 'models:heads'}}
+        model: {{factory: 'structured_models:heads'}}
         inputs: {{x: {{shape: [6]}}}}
         outputs: [class_logits, boxes]
         formats: {FORMATS}
@@ -127,7 +127,7 @@ def test_dict_outputs_are_matched_by_name_in_every_format(cases):
 
 def test_nested_outputs_get_dotted_names_and_none_is_left_out(cases):
     run = cases("nested", """
-        model: {factory: 'models:nested'}
+        model: {factory: 'structured_models:nested'}
         inputs: {x: {shape: [6]}}
         formats: [torchscript, onnx]
         backends: [cpu]
@@ -142,7 +142,7 @@ def test_nested_outputs_get_dotted_names_and_none_is_left_out(cases):
 def test_a_hugging_face_model_output_is_named_by_its_fields(cases):
     pytest.importorskip("transformers")
     run = cases("hf", """
-        model: {factory: 'models:hf_output'}
+        model: {factory: 'structured_models:hf_output'}
         inputs: {x: {shape: [6]}}
         outputs: [logits]
         formats: [torchscript, pt2]
@@ -155,7 +155,7 @@ def test_a_hugging_face_model_output_is_named_by_its_fields(cases):
 
 def test_an_unknown_output_name_is_a_case_error_listing_the_real_ones(cases):
     run = cases("bad_name", """
-        model: {factory: 'models:heads'}
+        model: {factory: 'structured_models:heads'}
         inputs: {x: {shape: [6]}}
         outputs: [scores]
         formats: [onnx]
@@ -170,7 +170,7 @@ def test_an_unknown_output_name_is_a_case_error_listing_the_real_ones(cases):
 
 def test_unnamed_outputs_are_named_by_position_and_a_wrong_count_says_so(cases):
     run = cases("positional", """
-        model: {factory: 'models:two_outputs'}
+        model: {factory: 'structured_models:two_outputs'}
         inputs: {x: {shape: [6]}, y: {shape: [2]}}
         outputs: [a, b]
         formats: [onnx]
@@ -178,7 +178,7 @@ def test_unnamed_outputs_are_named_by_position_and_a_wrong_count_says_so(cases):
         """)
     assert run.output_names == ["a", "b"]
     wrong = cases("count", """
-        model: {factory: 'models:two_outputs'}
+        model: {factory: 'structured_models:two_outputs'}
         inputs: {x: {shape: [6]}, y: {shape: [2]}}
         outputs: [a]
         formats: [onnx]
@@ -191,7 +191,7 @@ def test_unnamed_outputs_are_named_by_position_and_a_wrong_count_says_so(cases):
 
 def test_inputs_go_by_keyword_when_the_case_orders_them_differently(cases):
     run = cases("keywords", f"""
-        model: {{factory: 'models:keywords'}}
+        model: {{factory: 'structured_models:keywords'}}
         inputs:
           mask: {{shape: [7], dtype: int64, distribution: mask, padding: mixed}}
           tokens: {{shape: [7], dtype: int64, distribution: tokens, high: 20, mask: mask}}
@@ -208,7 +208,7 @@ def test_inputs_go_by_keyword_when_the_case_orders_them_differently(cases):
 
 def test_token_ids_beyond_the_vocabulary_are_a_case_error(cases):
     run = cases("vocab", """
-        model: {factory: 'models:keywords'}
+        model: {factory: 'structured_models:keywords'}
         inputs:
           tokens: {shape: [7], dtype: int64, distribution: tokens, high: 50}
           mask: {shape: [7], dtype: int64, distribution: mask}

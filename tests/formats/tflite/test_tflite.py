@@ -196,3 +196,61 @@ def test_lint_reads_module_paths_with_underscores_and_indices():
     assert _module("pkg.Net/torch.nn.modules.container.Sequential_features/"
                    "torch.nn.modules.batchnorm.BatchNorm2d_1;2") == "features.1"
     assert _module("serving_default_x:0") is None
+
+
+LAYERNORM_MODELS = '''
+import torch
+from torch import nn
+
+
+class Encoder(nn.Module):
+    """A transformer block's norm: LayerNorm over [batch, seq, hidden], which litert-torch lowers
+    to MEAN over axes [0, 2] of a [1, batch*seq, hidden] tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 16)
+        self.norm = nn.LayerNorm(16)
+
+    def forward(self, x):
+        return self.norm(self.proj(x))
+
+
+def encoder():
+    torch.manual_seed(0)
+    return Encoder().eval()
+'''
+
+
+def test_lint_finds_the_batch_axis_by_shapes_across_batch_sizes(case_dir, tmp_path):
+    """A MEAN over a size-1 axis that does not carry the batch (LayerNorm, as litert-torch lowers it)
+    is no finding; a training-mode BatchNorm's MEAN over the batch axis still is."""
+    from parity.catalog import load_case
+    from parity.session import Session
+
+    (case_dir / "ln_models.py").write_text(LAYERNORM_MODELS)
+    session = Session(tmp_path / "build", tmp_path / "golden")
+    try:
+        norm = session.case_run(load_case(write_case(case_dir, "norm", """
+            model: {factory: 'ln_models:encoder'}
+            inputs: {x: {shape: [5, 8]}}
+            batch_sizes: [1, 3]
+            formats: [tflite]
+            backends: [cpu]
+            """)))
+        assert norm.artefact_findings("tflite") == []
+        bn = session.case_run(load_case(write_case(case_dir, "bn", SMALL_CASE.replace("models:small", "models:bn_train")
+                                                   .replace("[torchscript, onnx]", "[tflite]"))))
+        found = bn.artefact_findings("tflite")
+        assert found and {f.kind for f in found} == {"batchnorm-training"}
+        assert "over the batch axis" in found[0].detail
+    finally:
+        session.close()
+
+
+def test_batch_axes_are_the_dimensions_that_change_with_batch_size():
+    from parity.formats.tflite.lint import batch_axes
+
+    assert batch_axes({1: (1, 5, 16), 3: (1, 15, 16)}) == {1}  # batch folded into axis 1, axis 0 is not it
+    assert batch_axes({1: (1, 4, 8, 8), 3: (3, 4, 8, 8)}) == {0}
+    assert batch_axes({3: (3, 4)}) is None  # one size: unknown
