@@ -133,6 +133,9 @@ class ExportSpec(_Strict):
         default=None, description="'package.module:function' called as f(model, example_inputs, path, **options)"
     )
     artefact: Optional[str] = Field(default=None, description="prebuilt artefact, relative to the case file")
+    outputs: dict[str, str] = Field(
+        default_factory=dict, description="prebuilt artefact: case output name -> the artefact's own output "
+        "name, where they differ (outputs are matched by name, never silently by position)")
     isolate: Optional[bool] = Field(
         default=None, description="export in a child process, so a crash or hang fails only this format "
         "(default: the format's setting; on for converters that import TensorFlow or coremltools)")

@@ -253,8 +253,14 @@ class CaseRun:
         """
         spec = self.case.export.get(fmt)
         if spec is not None and spec.artefact is not None:
+            unknown = sorted(set(spec.outputs) - set(self.output_names))
+            if unknown:
+                raise CaseError(self.case.path, f"export.{fmt}.outputs", f"maps {', '.join(unknown)}, which the case "
+                                f"does not compare; its outputs are: {', '.join(self.output_names)}")
+            names = [spec.outputs.get(n, n) for n in self.output_names]  # the artefact's own names
             return self._inspect(Artefact(fmt, self.case.resolve(spec.artefact), "prebuilt", list(self.case.inputs),
-                                          self.output_names, {"prebuilt": True}))
+                                          names, {"prebuilt": True, **({"output_map": dict(spec.outputs)}
+                                                                       if spec.outputs else {})}))
         from parity.pipeline.cache import export_key
 
         key = export_key(self.case, fmt)

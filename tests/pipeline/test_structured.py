@@ -219,3 +219,48 @@ def test_token_ids_beyond_the_vocabulary_are_a_case_error(cases):
         run.reference(1)
     assert e.value.field == "inputs.tokens.high"
     assert "vocabulary has 20 ids" in str(e.value) and "set high: 20" in str(e.value)
+
+
+def test_a_prebuilt_artefact_with_other_output_names_needs_a_mapping(cases, tmp_path):
+    """Outputs of a prebuilt artefact are matched by name, never silently by position: its own names
+    differ here and its order is the reverse of the case's."""
+    import numpy as np
+    import torch
+
+    class Reversed(torch.nn.Module):
+        def __init__(self, heads):
+            super().__init__()
+            self.m = heads
+
+        def forward(self, x):
+            out = self.m(x)
+            return out["class_logits"], out["boxes"]
+
+    first = cases("first", """
+        model: {factory: 'structured_models:heads'}
+        inputs: {x: {shape: [6]}}
+        formats: [onnx]
+        backends: [cpu]
+        """)
+    path = tmp_path / "cases" / "prebuilt.onnx"
+    torch.onnx.export(Reversed(first.model).eval(), (torch.randn(2, 6),), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["cls", "box"], dynamic_axes={"x": {0: "b"}})
+    body = """
+        model: {factory: 'structured_models:heads'}
+        inputs: {x: {shape: [6]}}
+        outputs: [boxes, class_logits]
+        formats: [onnx]
+        backends: [cpu]
+        export:
+          onnx: {artefact: prebuilt.onnx}
+        """
+    unmapped = cases("unmapped", body)
+    with pytest.raises(Exception, match=r"named cls, box; the case compares boxes, class_logits\. Map them by name "
+                                        r"with export\.onnx\.outputs"):
+        unmapped.outputs("onnx", "cpu", 2)
+    mapped = cases("mapped", body.replace("{artefact: prebuilt.onnx}",
+                                          "{artefact: prebuilt.onnx, outputs: {boxes: box, class_logits: cls}}"))
+    got, want = mapped.outputs("onnx", "cpu", 2), mapped.reference(2)
+    assert list(got) == ["boxes", "class_logits"]
+    for name in want:
+        assert np.abs(got[name] - want[name]).max() < 1e-5, name
