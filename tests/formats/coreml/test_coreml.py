@@ -182,3 +182,27 @@ def test_layer_zoo_converts_to_supported_ops_and_matches_eager(tmp_path):
     for batch in (1, 2):
         got = evaluator.run({"image": x[:batch].numpy()})["logits"]
         assert np.abs(got - want[:batch]).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_an_op_without_a_kernel_is_not_reported_as_an_export_failure(case_dir, tmp_path):
+    """coremltools lowers a GRU to a while_loop: the export succeeds and the message says the MIL
+    reference evaluator, not the exporter, is what cannot go on."""
+    from parity.catalog import load_case
+    from parity.session import Session
+
+    case = load_case(write_case(case_dir, "gru", """
+        model: {factory: 'parity_examples.families:tagger', kwargs: {cell: gru}}
+        inputs: {tokens: {shape: [6], dtype: int64, distribution: tokens, high: 50}}
+        batch_sizes: [1, 2]
+        formats: [coreml]
+        backends: [mil-ref]
+        """))
+    session = Session(tmp_path / "build", tmp_path / "golden")
+    try:
+        result = session.run_check(case, "coreml", "mil-ref", "parity")
+    finally:
+        session.close()
+    assert result.status == "error"
+    assert result.message.startswith("the coreml export succeeded, but MilReferenceRunner on mil-ref could not load")
+    assert "the MIL reference evaluator has no kernel for op type(s)" in result.message
+    assert "while_loop" in result.message and "export to coreml failed" not in result.message
