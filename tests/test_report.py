@@ -275,3 +275,15 @@ def test_diff_names_only_what_got_worse_beyond_thresholds():
     assert (result.only_old, result.only_new) == (["gone-onnx-cpu-parity"], ["new-onnx-cpu-parity"])
     assert "a-onnx-cpu-latency" not in diff(old, new, Thresholds(latency_factor=0)).drifted
     assert diff(old, old).drifted == {}
+
+
+def test_matrix_lists_checks_in_registry_order_whatever_order_they_finished():
+    """Parallel workers finish checks in any order; each cell lists them in one fixed order."""
+    finished = [_rec("a", "onnx", c, scaled_error=0.0) for c in ("determinism", "golden", "parity", "batch_invariance")]
+    _, _, cells = Run(finished).matrix()
+    assert [r["check"] for r in cells[("a", "onnx/cpu")].records] == ["parity", "golden", "batch_invariance",
+                                                                       "determinism"]
+    page = html.render(Run(finished))
+    assert page.index('"check">parity ') < page.index('"check">golden ') < page.index('"check">determinism ')
+    assert '<div class="matrix">' in page  # wide matrices scroll inside their box, not the page
+    assert Run([_rec("b", "onnx", "parity"), _rec("a", "onnx", "parity")]).matrix()[0] == ["a", "b"]

@@ -43,6 +43,7 @@ pre{background:#f6f8fa;border:1px solid #d0d7de;padding:8px;overflow-x:auto;font
 .plots{display:flex;flex-wrap:wrap;gap:10px}.plots svg{border:1px solid #e1e4e8}
 .target{border-left:4px solid #ccc;padding-left:12px;margin:16px 0}
 td a,td a:visited{color:inherit}.check{white-space:nowrap}
+.matrix{overflow-x:auto;max-width:100%}.matrix tr>th:first-child{position:sticky;left:0;z-index:1}
 """
 
 
@@ -83,7 +84,7 @@ def _matrix(run: Run, detailed: set[str]) -> str:
                 lines.append(f'<div class="check">{name} {_badge(o)}{escape(figure)}</div>')
             tds.append(f'<td style="background:{COLOURS[cell.outcome]}">{"".join(lines)}</td>')
         rows.append(f"<tr><th>{escape(case)}</th>{''.join(tds)}</tr>")
-    return (f"<table><tr><th>case</th>{head}</tr>{''.join(rows)}</table>"
+    return (f'<div class="matrix"><table><tr><th>case</th>{head}</tr>{"".join(rows)}</table></div>'
             '<p class="sub">Each check: outcome and worst error as a share of the output\'s largest magnitude '
             "(err/max|ref|), or p50 latency per batch size. <i>drifting</i>: passed, but an output used at least "
             "half its tolerance.</p>")

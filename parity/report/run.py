@@ -122,6 +122,14 @@ def _column_order(column: str) -> tuple:
             BACKENDS.index(backend) if backend in BACKENDS else len(BACKENDS), backend)
 
 
+def _check_order(check: str) -> tuple:
+    """Checks in registry order (parity, golden, batch_invariance, ...); unknown ones last."""
+    from parity.checks import CHECKS
+
+    names = list(CHECKS)
+    return (names.index(check) if check in names else len(names), check)
+
+
 @dataclass
 class Cell:
     """All records of one (case, format/backend)."""
@@ -196,7 +204,9 @@ class Run:
             if column not in columns:
                 columns.append(column)
             cells.setdefault((case, column), Cell()).records.append(r)
-        return cases, sorted(columns, key=_column_order), cells
+        for cell in cells.values():  # checks in registry order, whatever order workers finished them
+            cell.records.sort(key=lambda r: _check_order(str(r.get("check"))))
+        return sorted(cases), sorted(columns, key=_column_order), cells  # rows by name, not by who finished first
 
     def problems(self) -> list[dict]:
         """Records that make the run fail, in run order."""
