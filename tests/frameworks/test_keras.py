@@ -225,3 +225,46 @@ def test_int8_calibration_of_a_two_input_model_reaches_each_input(tmp_path: Path
     want = np.asarray(model([data["image"][:4], data["features"][:4]], training=False))
     assert got.shape == want.shape
     assert np.abs(got - want).max() < 0.1 * np.abs(want).max() + 1e-3
+
+
+KERAS_DICT = '''
+import parity._triton_first
+import keras
+from keras import layers
+
+
+def dict_heads():
+    x = keras.Input((6,), name="x")
+    h = layers.Dense(8, activation="relu")(x)
+    return keras.Model(x, {"boxes": layers.Dense(4, activation="sigmoid", name="boxes")(h),
+                           "class_logits": layers.Dense(3, name="class_logits")(h)}, name="dict_heads")
+'''
+
+
+def test_a_keras_model_returning_a_dict_is_matched_by_name_in_every_format(case_dir: Path, tmp_path: Path) -> None:
+    """The case lists the outputs in the other order than the model's dict: exporters get a model
+    cut to the selected outputs, in that order, and every format matches eager by name."""
+    import numpy as np
+
+    from parity.session import Session
+
+    (case_dir / "kdict_models.py").write_text(KERAS_DICT, encoding="utf-8")
+    session = Session(tmp_path / "build", tmp_path / "golden")
+    run = session.case_run(load_case(write_case(case_dir, "kdict", """
+        model: {factory: 'kdict_models:dict_heads', framework: keras}
+        inputs: {x: {shape: [6]}}
+        outputs: [class_logits, boxes]
+        batch_sizes: [1, 3]
+        formats: [savedmodel, tflite, onnx]
+        backends: [cpu]
+        """)))
+    try:
+        want = run.reference(3)
+        assert list(want) == ["class_logits", "boxes"] and want["class_logits"].shape == (3, 3)
+        for fmt in ("savedmodel", "tflite", "onnx"):
+            got = run.outputs(fmt, "cpu", 3)
+            for name in want:
+                assert got[name].shape == want[name].shape, (fmt, name)
+                assert np.abs(got[name] - want[name]).max() < 1e-5, (fmt, name)
+    finally:
+        session.close()
