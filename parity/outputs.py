@@ -31,10 +31,10 @@ def _natural(key: Any) -> tuple:
 #: The name of a model's output when it is one bare tensor; unnamed positions below it are numbered.
 ROOT = "output"
 
-Path = tuple  # a key path into a nested output: str keys and int positions
+KeyPath = tuple  # a key path into a nested output: str keys and int positions
 
 
-def leaf_paths(out: Any, is_leaf: Callable[[Any], bool]) -> list[Path]:
+def leaf_paths(out: Any, is_leaf: Callable[[Any], bool]) -> list[KeyPath]:
     """Key paths of every leaf of `out`, in :func:`flatten`'s order (dict order kept). ``None``
     entries, which Hugging Face models return for outputs they did not compute, are left out."""
     if isinstance(out, dict):
@@ -46,7 +46,7 @@ def leaf_paths(out: Any, is_leaf: Callable[[Any], bool]) -> list[Path]:
     return [()]
 
 
-def dotted(path: Path) -> str:
+def dotted(path: KeyPath) -> str:
     """The stable name of a key path: ``logits``, ``hidden_states.0``; an unnamed root is ``output``
     (``output.0``, ``output.1`` for a returned tuple)."""
     parts = [str(p) for p in path]
@@ -55,19 +55,13 @@ def dotted(path: Path) -> str:
     return ".".join(parts)
 
 
-def pick(out: Any, path: Path) -> Any:
+def pick(out: Any, path: KeyPath) -> Any:
     """The leaf of `out` at `path` (works for dicts, Hugging Face ``ModelOutput``, tuples and lists)."""
     for key in path:
         out = out[key]
     return out
 
 
-def named(out: Any, leaf: Callable[[Any], np.ndarray], is_leaf: Callable[[Any], bool] = lambda v: False
-          ) -> dict[str, np.ndarray]:
-    """Every leaf of `out` by its dotted name, in order."""
-    return {dotted(p): leaf(pick(out, p)) for p in leaf_paths(out, is_leaf)}
-
-
-def has_names(paths: list[Path]) -> bool:
+def has_names(paths: list[KeyPath]) -> bool:
     """Whether any output carries a name (came from a dict), rather than a position only."""
     return any(isinstance(k, str) for p in paths for k in p)

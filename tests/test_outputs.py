@@ -28,3 +28,17 @@ def test_leaf_converter_errors_propagate():
 
     with pytest.raises(TypeError, match="not an array: str"):
         flatten([np.zeros(1), "oops"], only_arrays)
+
+
+def test_key_paths_and_dotted_names_of_nested_outputs():
+    from parity.outputs import dotted, has_names, leaf_paths, pick
+
+    out = {"logits": np.zeros(1), "hidden_states": (np.ones(2), np.full(3, 2.0)), "loss": None}
+    paths = leaf_paths(out, lambda v: False)
+    assert paths == [("logits",), ("hidden_states", 0), ("hidden_states", 1)]  # None left out
+    assert [dotted(p) for p in paths] == ["logits", "hidden_states.0", "hidden_states.1"]
+    assert pick(out, ("hidden_states", 1)).shape == (3,)
+    assert has_names(paths)
+    bare = leaf_paths((np.zeros(1), np.zeros(2)), lambda v: False)
+    assert [dotted(p) for p in bare] == ["output.0", "output.1"] and not has_names(bare)
+    assert [dotted(p) for p in leaf_paths(np.zeros(1), lambda v: False)] == ["output"]

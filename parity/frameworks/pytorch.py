@@ -20,7 +20,7 @@ import torch
 from parity.case import Case, import_from_case
 from parity.errors import CaseError
 from parity.frameworks.torch_tensors import tensor_to_numpy, to_torch
-from parity.outputs import Path as KeyPath, leaf_paths, pick
+from parity.outputs import KeyPath, leaf_paths, pick
 
 
 def seed_everything(seed: int) -> None:
