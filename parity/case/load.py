@@ -113,7 +113,7 @@ def _names(shown: str, field: str, given: list[str], known: tuple[str, ...], wha
 def _describe_validation_error(err: ValidationError) -> tuple[str, str]:
     """One (field, problem) from pydantic's first error, worded for a person editing YAML."""
     first = err.errors()[0]
-    loc = [p for p in first["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal[")))]
+    loc = [p for p in first["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal[", "constrained-")))]
     field = ""
     for part in loc:
         field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
@@ -134,6 +134,11 @@ def _describe_validation_error(err: ValidationError) -> tuple[str, str]:
     if kind == "literal_error" and field.startswith(("tolerance.formats", "tolerance.backends", "export")):
         msg = f"unknown key: {msg}"
     shown_input = "" if isinstance(given, (dict, BaseModel)) or given is None else f" (got {given!r})"
+    named = re.match(r"^([A-Za-z_][\w.\[\]-]*): (.+)$", msg, re.S)
+    if named and named.group(1).split(".")[0].split("[")[0] in Case.model_fields:
+        # a check across fields names its own field first ("inputs.ids.mask: ...")
+        field = f"{field}.{named.group(1)}" if field else named.group(1)
+        msg = named.group(2)
     return field, f"{msg}{shown_input}"
 
 

@@ -21,6 +21,8 @@ from parity.tolerance import Tolerance
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "uint8", "bool")
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 NonNegFloat = Annotated[float, Field(ge=0)]
+#: The name of a dynamic axis (``seq``, ``height``): an identifier, shared by every input it appears in.
+AxisName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
 class _Strict(BaseModel):
@@ -73,7 +75,12 @@ class InputSpec(_Strict):
     negatives). Everything is deterministic from the case's seed.
     """
 
-    shape: Optional[list[PositiveInt]] = None
+    shape: Optional[list[Union[PositiveInt, AxisName]]] = Field(
+        default=None, description="per-sample shape (no batch dimension); an entry may name a dynamic axis "
+        "(`[seq]`), whose sizes the case's `sizes` lists (the first is the export size)")
+    dynamic: dict[NonNegativeInt, AxisName] = Field(
+        default_factory=dict, description="per-sample axis -> name of a dynamic axis, for an axis whose "
+        "`shape` entry is a number (the export size): `{0: seq}`")
     dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
     distribution: Literal["normal", "uniform", "randint", "tokens", "mask", "edge"] = "normal"
     mean: float = 0.0
@@ -100,6 +107,17 @@ class InputSpec(_Strict):
             raise ValueError("give either 'shape' (per-sample, without the batch dimension) or 'file'")
         if self.file is not None and not self.file.endswith(".npz"):
             raise ValueError(f"'file' must be an .npz file, got {self.file!r}")
+        if self.file is not None and (self.dynamic or self.axis_names()):
+            raise ValueError("dynamic axes need generated inputs (their size changes); samples from 'file' have "
+                             "one shape: drop 'dynamic' (and axis names in 'shape') or the file")
+        if self.shape is not None:
+            for axis, name in self.dynamic.items():
+                if axis >= len(self.shape):
+                    raise ValueError(f"'dynamic' names axis {axis} ({name}), but shape {self.shape} has per-sample "
+                                     f"axes 0..{len(self.shape) - 1} (without the batch dimension)")
+                if isinstance(self.shape[axis], str) and self.shape[axis] != name:
+                    raise ValueError(f"'dynamic' calls axis {axis} {name!r}, 'shape' calls it {self.shape[axis]!r}; "
+                                     "give one name")
         if self.distribution in ("uniform", "randint", "tokens") and self.high <= self.low:
             raise ValueError(f"'high' ({self.high}) must be greater than 'low' ({self.low})")
         if self.distribution == "tokens" and not self.dtype.startswith(("int", "uint")):
@@ -114,6 +132,17 @@ class InputSpec(_Strict):
             raise ValueError(f"'mask' names the attention mask of token ids: it needs distribution: tokens, "
                              f"not {self.distribution}")
         return self
+
+    def axis_names(self) -> dict[int, str]:
+        """Per-sample axis -> dynamic axis name, from ``shape`` names and ``dynamic``."""
+        named = {i: d for i, d in enumerate(self.shape or []) if isinstance(d, str)}
+        return {**named, **self.dynamic}
+
+    def sample_shape(self, sizes: dict[str, int]) -> tuple[int, ...]:
+        """The per-sample shape with each dynamic axis at its size in `sizes` (else the shape's number)."""
+        names = self.axis_names()
+        return tuple(sizes[names[i]] if i in names and names[i] in sizes else int(d)
+                     for i, d in enumerate(self.shape or []))
 
 
 class Tolerances(_Strict):
@@ -222,6 +251,9 @@ class Case(_Strict):
     inputs: dict[str, InputSpec] = Field(min_length=1)
     outputs: Optional[list[str]] = Field(default=None, min_length=1)
     batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1, 2], min_length=1)
+    sizes: dict[AxisName, Annotated[list[PositiveInt], Field(min_length=1)]] = Field(
+        default_factory=dict, description="dynamic axis name -> the sizes shape invariance runs it at; the export "
+        "size is the number in the inputs' `shape`, else the first listed here")
     # The names below are checked against the registries by the loader (parity.case.load), which fills
     # in the defaults: every format the framework exports to, every backend, every default check.
     formats: list[str] = Field(default_factory=list, description="default: every format the model's framework "
@@ -250,6 +282,44 @@ class Case(_Strict):
             raise ValueError(f"listed more than once: {', '.join(dupes)}")
         return v
 
+    @field_validator("sizes")
+    @classmethod
+    def _unique_sizes(cls, v: dict) -> dict:
+        for name, sizes in v.items():
+            dupes = sorted({s for s in sizes if sizes.count(s) > 1})
+            if dupes:
+                raise ValueError(f"{name}: listed more than once: {', '.join(map(str, dupes))}")
+        return v
+
+    @model_validator(mode="after")
+    def _dynamic_axes(self) -> "Case":
+        declared: dict[str, list[str]] = {}
+        export_sizes: dict[str, tuple[int, str]] = {}
+        for name, spec in self.inputs.items():
+            for axis, axis_name in spec.axis_names().items():
+                declared.setdefault(axis_name, []).append(name)
+                given = (spec.shape or [])[axis]
+                if isinstance(given, int):
+                    if axis_name in export_sizes and export_sizes[axis_name][0] != given:
+                        other, where = export_sizes[axis_name]
+                        raise ValueError(f"inputs.{name}.shape: axis {axis_name!r} has size {given} here but {other} "
+                                         f"in inputs.{where}; an axis has one export size")
+                    export_sizes.setdefault(axis_name, (given, name))
+        for axis_name, users in declared.items():
+            if axis_name not in self.sizes:
+                raise ValueError(f"inputs.{users[0]}: dynamic axis {axis_name!r} has no sizes; add "
+                                 f"sizes: {{{axis_name}: [...]}} (the sizes it is checked at)")
+        if "shape_invariance" in self.checks and not self.sizes:
+            raise ValueError("checks: shape_invariance runs the dynamic axes at their sizes, and this case declares "
+                             "none; name one in an input's shape (shape: [seq]) with sizes: {seq: [8, 16]}, or drop "
+                             "the check")
+        for axis_name in self.sizes:
+            if axis_name not in declared:
+                raise ValueError(f"sizes.{axis_name}: no input has a dynamic axis named {axis_name!r} (declared: "
+                                 f"{', '.join(sorted(declared)) or 'none'}); name it in an input's 'shape' or "
+                                 "'dynamic', or drop it")
+        return self
+
     @model_validator(mode="after")
     def _mask_references(self) -> "Case":
         for name, spec in self.inputs.items():
@@ -260,9 +330,12 @@ class Case(_Strict):
                 masks = [n for n, s in self.inputs.items() if s.distribution == "mask"]
                 raise ValueError(f"inputs.{name}.mask: {spec.mask!r} is not an input with distribution: mask "
                                  f"(those are: {', '.join(masks) or 'none'}); name one, or drop 'mask'")
-            if other.shape != spec.shape:
-                raise ValueError(f"inputs.{name}.mask: {spec.mask!r} has shape {other.shape}, {name} has "
-                                 f"{spec.shape}; a mask has one entry per token")
+            if other.sample_shape(self.export_sizes) != spec.sample_shape(self.export_sizes) or \
+                    other.axis_names() != spec.axis_names():
+                raise ValueError(f"inputs.{name}.mask: {spec.mask!r} has shape {other.shape}"
+                                 f"{' dynamic ' + str(other.axis_names()) if other.axis_names() else ''}, {name} has "
+                                 f"{spec.shape}{' dynamic ' + str(spec.axis_names()) if spec.axis_names() else ''}; "
+                                 "a mask has one entry per token")
         return self
 
     @model_validator(mode="after")
@@ -275,6 +348,36 @@ class Case(_Strict):
     def framework(self) -> str:
         """The model's source framework (the loader fills it in when the file leaves it out)."""
         return self.model.framework or "torch"
+
+    @property
+    def export_sizes(self) -> dict[str, int]:
+        """Dynamic axis -> the size exporters trace at and every other check runs at."""
+        found = {name: sizes[0] for name, sizes in self.sizes.items()}
+        for spec in self.inputs.values():
+            for axis, name in spec.axis_names().items():
+                if isinstance((spec.shape or [])[axis], int):
+                    found[name] = int(spec.shape[axis])
+        return found
+
+    def sample_shape(self, name: str, sizes: Optional[dict[str, int]] = None) -> tuple[int, ...]:
+        """Input `name`'s per-sample shape at `sizes` (default: the export sizes)."""
+        return self.inputs[name].sample_shape({**self.export_sizes, **(sizes or {})})
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """Input name -> {full axis (batch is 0): dynamic axis name}, for exporters."""
+        return {name: {axis + 1: axis_name for axis, axis_name in sorted(spec.axis_names().items())}
+                for name, spec in self.inputs.items() if spec.axis_names()}
+
+    def shape_variants(self) -> list[dict[str, int]]:
+        """Every combination of the dynamic axes' sizes, the export sizes first; [] without dynamic axes."""
+        if not self.sizes:
+            return []
+        import itertools
+
+        names = list(self.sizes)
+        export = self.export_sizes
+        choices = [list(dict.fromkeys([export[n], *self.sizes[n]])) for n in names]
+        return [dict(zip(names, combo)) for combo in itertools.product(*choices)]
 
     @property
     def directory(self) -> Path:
@@ -302,7 +405,8 @@ class Case(_Strict):
     def input_fingerprint(self) -> str:
         """Hash of everything that determines the generated inputs (golden files record it)."""
         payload = {
-            "inputs": {k: _fingerprinted(v) for k, v in self.inputs.items()},
+            "inputs": {k: _fingerprinted(v, self.sample_shape(k) if v.shape is not None else None)
+                       for k, v in self.inputs.items()},
             "batch_sizes": self.batch_sizes,
             "seed": self.model.seed,
         }
@@ -314,11 +418,15 @@ class Case(_Strict):
 
 #: Generator fields added after goldens were first recorded: left out of the fingerprint while at
 #: their defaults, so goldens of inputs that did not change stay valid.
-_LATER_FIELDS = ("bos", "eos", "pad", "mask", "padding", "empty_row", "large")
+_LATER_FIELDS = ("bos", "eos", "pad", "mask", "padding", "empty_row", "large", "dynamic")
 
 
-def _fingerprinted(spec: InputSpec) -> dict:
+def _fingerprinted(spec: InputSpec, shape: Optional[tuple[int, ...]]) -> dict:
+    """What determines the inputs at the export sizes: the shape as numbers (a dynamic axis's other
+    sizes do not change them, so adding sizes keeps goldens valid)."""
     data = spec.model_dump()
+    data["shape"] = None if shape is None else list(shape)
+    data["dynamic"] = {}
     for name in _LATER_FIELDS:
         if data[name] == InputSpec.model_fields[name].default:
             del data[name]

@@ -116,7 +116,7 @@ def _tolerance_lines(run: CaseRun, fmt: str, backend: str) -> str:
 
 def verdict(title: str, rows: list[tuple[str, OutputComparison]], run: CaseRun, fmt: str, backend: str,
              metrics: dict, notes: list[str] = (), extra_problems: list[str] = (),
-             tolerance_text: str = "") -> CheckResult:
+             tolerance_text: str = "", extra_label: str = "learned drift threshold(s) exceeded") -> CheckResult:
     failed = [(label, c) for label, c in rows if not c.passed]
     metrics.update(summary(rows))
     metrics["outputs"] = per_output(rows)
@@ -126,7 +126,7 @@ def verdict(title: str, rows: list[tuple[str, OutputComparison]], run: CaseRun, 
     problems = [f"  {label} {c.name}: {c.problem}" for label, c in failed] + [f"  {p}" for p in extra_problems]
     message = "\n".join([
         f"{title}: {len(failed)} of {len(rows)} comparisons failed"
-        + (f", {len(extra_problems)} learned drift threshold(s) exceeded" if extra_problems else ""),
+        + (f", {len(extra_problems)} {extra_label}" if extra_problems else ""),
         format_table(rows),
         "problems:", *problems,
         f"tolerance (|obtained-expected| <= atol + rtol*|expected| + scale*max|expected|): "

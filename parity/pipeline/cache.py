@@ -85,6 +85,8 @@ def model_key(case: Case) -> str:
         "layout": REFERENCE_LAYOUT,
         "versions": _versions(),
     }
+    if case.sizes:  # the shape variants' references are stored under this key too
+        payload["shape_variants"] = case.shape_variants()
     if case.model.weights:
         h = hashlib.sha256()
         _hash_file(h, case.resolve(case.model.weights))
@@ -92,12 +94,17 @@ def model_key(case: Case) -> str:
     return _digest(payload)
 
 
-def export_key(case: Case, fmt: str) -> str:
-    """Key of an artefact: the model key, the format, and how the case exports it."""
+def export_key(case: Case, fmt: str, sizes: Optional[dict[str, int]] = None) -> str:
+    """Key of an artefact: the model key, the format, how the case exports it, and for a static-shape
+    format's shape variant, the sizes it was exported at."""
     spec = case.export.get(fmt)
     payload = {"model": model_key(case), "format": fmt, "batch_sizes": case.batch_sizes,
                "export": spec.model_dump() if spec is not None else None,
                "parity_source": source_digest("parity", [])}
+    if case.sizes:
+        payload["dynamic_axes"] = case.dynamic_axes()
+    if sizes:
+        payload["shape_variant"] = sizes
     if spec is not None and spec.function:
         payload["function_source"] = source_digest(spec.function.partition(":")[0], [str(case.directory)])
     return _digest(payload)

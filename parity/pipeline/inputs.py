@@ -9,11 +9,12 @@ import numpy as np
 from parity.case import Case, InputSpec
 
 
-def make_pool(case: Case) -> dict[str, np.ndarray]:
+def make_pool(case: Case, sizes: Optional[dict[str, int]] = None) -> dict[str, np.ndarray]:
     """`max(batch_sizes)` samples per input; batch b is always the first b of them.
 
     Using one pool for every batch size means a sample's expected output is the same whatever
-    batch it is in, which is what lets batch-size invariance be checked at all.
+    batch it is in, which is what lets batch-size invariance be checked at all. `sizes` sets
+    dynamic axes to other sizes than the export sizes (for shape invariance).
     """
     n = max(case.batch_sizes)
     pool: dict[str, np.ndarray] = {}
@@ -29,7 +30,7 @@ def make_pool(case: Case) -> dict[str, np.ndarray]:
         else:
             rng = np.random.default_rng([case.model.seed, index[name]])
             mask = pool.get(spec.mask) if spec.mask else None
-            pool[name] = _draw(rng, spec, (n, *spec.shape), mask)
+            pool[name] = _draw(rng, spec, (n, *case.sample_shape(name, sizes)), mask)
     return {name: pool[name] for name in order}
 
 

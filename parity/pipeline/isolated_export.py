@@ -1,6 +1,6 @@
 """The child side of an isolated export (see :mod:`parity.pipeline.isolation`).
 
-``python -m parity.pipeline.isolated_export FORMAT OUT_DIR`` reads the validated case as JSON on
+``python -m parity.pipeline.isolated_export FORMAT OUT_DIR [SIZES_JSON]`` reads the validated case as JSON on
 its standard input, builds the model from the same factory and seed (so it is the same model),
 exports it exactly as the parent would and prints the exporter's metadata as JSON on its last
 stdout line. Its scratch directory is removed when it ends.
@@ -17,7 +17,7 @@ from parity.errors import CaseError, ExportError
 from parity.pipeline.isolation import ERROR, MARK
 
 
-def _child(fmt: str, out_dir: str) -> int:
+def _child(fmt: str, out_dir: str, sizes: str = "{}") -> int:
     import tempfile
 
     from parity.pipeline.run import CaseRun
@@ -26,7 +26,7 @@ def _child(fmt: str, out_dir: str) -> int:
     with tempfile.TemporaryDirectory(prefix="parity-isolated-") as scratch:
         run = CaseRun(case, Path(scratch))
         try:
-            metadata, source = run.export_files(fmt, Path(out_dir))
+            metadata, source = run.export_files(fmt, Path(out_dir), json.loads(sizes) or None)
         except (ExportError, CaseError) as e:
             print(ERROR + json.dumps(str(e)), flush=True)
             return 3
@@ -35,4 +35,4 @@ def _child(fmt: str, out_dir: str) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_child(*sys.argv[1:3]))
+    raise SystemExit(_child(*sys.argv[1:4]))

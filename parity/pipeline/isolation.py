@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 from parity.case import Case
 from parity.errors import ExportError
@@ -29,9 +30,11 @@ def _tail(text: str, lines: int = 12) -> str:
     return "\n".join(kept[-lines:])
 
 
-def export_in_child(case: Case, fmt: str, out_dir: Path, timeout_s: float) -> tuple[dict, str]:
-    """Write every file of `fmt` into `out_dir` from a child process; (metadata, source)."""
-    cmd = [sys.executable, "-m", "parity.pipeline.isolated_export", fmt, str(out_dir)]
+def export_in_child(case: Case, fmt: str, out_dir: Path, timeout_s: float,
+                    sizes: Optional[dict[str, int]] = None) -> tuple[dict, str]:
+    """Write every file of `fmt` (at the shape variant `sizes`, if given) into `out_dir` from a
+    child process; (metadata, source)."""
+    cmd = [sys.executable, "-m", "parity.pipeline.isolated_export", fmt, str(out_dir), json.dumps(sizes or {})]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # its own process group: a hang is killed whole
     try:

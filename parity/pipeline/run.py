@@ -45,8 +45,8 @@ class CaseRun:
         self._model = None
         self._model_error: Optional[BaseException] = None
         self._reference: dict[int, dict[str, np.ndarray]] = {}
-        self._artefacts: dict[str, Artefact | BaseException] = {}
-        self._runners: dict[tuple[str, str], object] = {}
+        self._artefacts: dict[tuple[str, str], Artefact | BaseException] = {}  # (format, shape variant label)
+        self._runners: dict[tuple[str, str, str], object] = {}
         self._outputs: dict[tuple[str, str, int], dict[str, np.ndarray]] = {}
         self._findings: dict[str, Optional[list]] = {}  # artefact lint per format
         self.eval_reference: Optional[np.ndarray] = None  # fp32 eager scores on the accuracy data (set by that check)
@@ -60,6 +60,72 @@ class CaseRun:
 
     def inputs(self, size: int) -> dict[str, np.ndarray]:
         return batch(self.pool, size)
+
+    # ---- dynamic axes (shape invariance)
+    @property
+    def variant_batch(self) -> int:
+        """The batch size every shape variant runs at: the largest, so padded and unpadded rows both occur."""
+        return max(self.case.batch_sizes)
+
+    def is_export_shape(self, sizes: Optional[dict[str, int]]) -> bool:
+        return not sizes or all(self.case.export_sizes.get(k) == v for k, v in sizes.items())
+
+    def variant_inputs(self, sizes: dict[str, int]) -> dict[str, np.ndarray]:
+        """The case's inputs (at the largest batch size) with the dynamic axes at `sizes`."""
+        if self.is_export_shape(sizes):
+            return self.inputs(self.variant_batch)
+        return batch(make_pool(self.case, sizes), self.variant_batch)
+
+    @cached_property
+    def _variant_results(self) -> dict[str, dict]:
+        """Shape variant label -> {"reference": outputs} or {"error": why eager failed}; cached under the model key."""
+        from parity.pipeline.cache import model_key
+
+        entry = self.cache.entry("variants", model_key(self.case))
+        with self.cache.lock(entry):
+            if self.cache.complete(entry):
+                meta = self.cache.read_json(entry, "meta.json")
+                with np.load(entry / "reference.npz", allow_pickle=False) as data:
+                    arrays = {k: data[k] for k in data.files}
+                return {label: ({"error": meta["errors"][label]} if label in meta["errors"] else
+                                {"reference": {n: arrays[f"{n}@{label}"] for n in self.output_names}})
+                        for label in meta["labels"]}
+            found: dict[str, dict] = {}
+            start = time.perf_counter()
+            for sizes in self.case.shape_variants():
+                label = variant_label(sizes)
+                try:
+                    found[label] = {"reference": self.run_eager(self.variant_inputs(sizes))}
+                except Exception as e:
+                    found[label] = {"error": short_error(e, 3)}
+            self._time("reference_s", start)
+            with self.cache.writing(entry) as tmp:
+                np.savez(tmp / "reference.npz", **{f"{n}@{label}": a for label, r in found.items()
+                                                   for n, a in r.get("reference", {}).items()})
+                (tmp / "meta.json").write_text(json.dumps({
+                    "labels": list(found), "errors": {k: r["error"] for k, r in found.items() if "error" in r}}))
+            return found
+
+    def variant_reference(self, sizes: dict[str, int]) -> dict[str, np.ndarray]:
+        """Eager outputs with the dynamic axes at `sizes`; a CaseError when eager itself fails there."""
+        if self.is_export_shape(sizes):
+            return self.reference(self.variant_batch)
+        label = variant_label(sizes)
+        found = self._variant_results.get(label)
+        if found is None:
+            return self.run_eager(self.variant_inputs(sizes))
+        if "error" in found:
+            raise CaseError(self.case.path, "sizes", f"the eager model itself fails at {label}: {found['error']}; "
+                            "list only sizes the model supports")
+        return found["reference"]
+
+    def static_shape(self, fmt: str) -> bool:
+        """Whether `fmt`'s artefacts have fixed shapes (exported once per batch size, and per shape variant)."""
+        spec = self.case.export.get(fmt)
+        if spec is not None and spec.artefact is not None:
+            return False  # a prebuilt file is what it is
+        route = FORMATS[fmt].route(self.case.framework)
+        return bool(route and route.static_batch)
 
     @cached_property
     def framework(self):
@@ -234,18 +300,22 @@ class CaseRun:
         inputs = self.inputs(max(self.case.batch_sizes))
         return {k: (np.concatenate([v, v]) if v.shape[0] == 1 else v) for k, v in inputs.items()}
 
-    def artefact(self, fmt: str) -> Artefact:
-        if fmt not in self._artefacts:
+    def artefact(self, fmt: str, sizes: Optional[dict[str, int]] = None) -> Artefact:
+        """The artefact of `fmt`; with `sizes` (dynamic axes at other sizes than the export sizes),
+        the one that runs there: the same artefact, or for a static-shape format one exported at them."""
+        sizes = None if self.is_export_shape(sizes) or not self.static_shape(fmt) else sizes
+        k = (fmt, variant_label(sizes) if sizes else "")
+        if k not in self._artefacts:
             try:
-                self._artefacts[fmt] = self._cached_export(fmt)
+                self._artefacts[k] = self._cached_export(fmt, sizes)
             except (ExportError, CaseError) as e:
-                self._artefacts[fmt] = e
-        found = self._artefacts[fmt]
+                self._artefacts[k] = e
+        found = self._artefacts[k]
         if isinstance(found, BaseException):
             raise found
         return found
 
-    def _cached_export(self, fmt: str) -> Artefact:
+    def _cached_export(self, fmt: str, sizes: Optional[dict[str, int]] = None) -> Artefact:
         """The artefact from the export cache, or exported now and stored there.
 
         The key covers everything that determines the artefact (parity.cache.export_key), so a
@@ -263,7 +333,7 @@ class CaseRun:
                                                                        if spec.outputs else {})}))
         from parity.pipeline.cache import export_key
 
-        key = export_key(self.case, fmt)
+        key = export_key(self.case, fmt, sizes)
         entry = self.cache.entry("export", key)
         with self.cache.lock(entry):
             if self.cache.complete(entry):
@@ -272,7 +342,7 @@ class CaseRun:
                 return Artefact(fmt, entry / data["file"], data["source"], data["input_names"], data["output_names"],
                                 metadata, {int(b): entry / name for b, name in data["batch_files"].items()})
             with self.cache.writing(entry) as tmp:
-                artefact = self._export(fmt, tmp)
+                artefact = self._export(fmt, tmp, sizes)
                 (tmp / "artefact.json").write_text(json.dumps({
                     "file": artefact.path.name, "source": artefact.source, "input_names": artefact.input_names,
                     "output_names": artefact.output_names, "metadata": artefact.metadata,
@@ -282,20 +352,20 @@ class CaseRun:
             artefact.metadata.update(cached=False, cache_key=key)
             return artefact
 
-    def _export(self, fmt: str, out_dir: Path) -> Artefact:
-        """Export `fmt` into the empty directory `out_dir`."""
+    def _export(self, fmt: str, out_dir: Path, sizes: Optional[dict[str, int]] = None) -> Artefact:
+        """Export `fmt` into the empty directory `out_dir` (with `sizes`: at that shape variant)."""
         route = FORMATS[fmt].route(self.case.framework)
         spec = self.case.export.get(fmt)
         input_names = list(self.case.inputs)
-        jobs = self._jobs(fmt, out_dir)
+        jobs = self._jobs(fmt, out_dir, sizes)
         isolate = spec.isolate if spec is not None and spec.isolate is not None else route.isolate
         start = time.perf_counter()
         if isolate:  # one child process exports every batch size of the format
             from parity.pipeline.isolation import export_in_child
 
-            metadata, source = export_in_child(self.case, fmt, out_dir, spec.timeout_s if spec else 900.0)
+            metadata, source = export_in_child(self.case, fmt, out_dir, spec.timeout_s if spec else 900.0, sizes)
         else:
-            metadata, source = self.export_files(fmt, out_dir)
+            metadata, source = self.export_files(fmt, out_dir, sizes)
         metadata["isolated"] = bool(isolate)  # the largest batch's export metadata
         metadata["export_s"] = round(time.perf_counter() - start, 3)
         self.timings[f"export_{fmt}_s"] = metadata["export_s"]
@@ -303,56 +373,84 @@ class CaseRun:
         if batch_paths:
             metadata["batch"] = "static: one artefact per batch size"
             metadata["artefacts"] = {f"b{size}": path.name for size, path in batch_paths.items()}
+        if sizes:
+            metadata["shape"] = f"static: exported at {variant_label(sizes)} (batch {self.variant_batch})"
+        elif self.case.sizes:  # what the exporter says it did, else what the engine knows
+            metadata.setdefault("dynamic_axes", self._dynamic_axes_text(fmt))
         if self.export_wrapping:
             metadata["wrapped"] = self.export_wrapping
         metadata["imports"] = [self.case.model.factory.partition(":")[0]]  # what loading a program may need
         artefact = Artefact(fmt, jobs[-1][1], source, input_names, self.output_names, metadata, batch_paths)
         metadata["size_bytes"] = artefact.size_bytes
-        return self._inspect(artefact)
+        return self._inspect(artefact, sizes)
 
-    def _jobs(self, fmt: str, out_dir: Path) -> list[tuple[Optional[int], Path, dict]]:
+    def _export_dynamic_axes(self) -> list[dict[int, str]]:
+        """Per input, in order: {axis (batch is 0): name} of its dynamic axes other than the batch."""
+        found = self.case.dynamic_axes()
+        return [found.get(name, {}) for name in self.case.inputs]
+
+    def _dynamic_axes_text(self, fmt: str) -> str:
+        axes = "; ".join(f"{name}: {', '.join(f'axis {a} {n}' for a, n in found.items())}"
+                         for name, found in self.case.dynamic_axes().items())
+        if self.static_shape(fmt):
+            return f"static: {axes}; exported once more per other size"
+        return f"{axes}: not declared to this exporter (it takes no dynamic shapes); the artefact runs at other " \
+               "sizes as it was traced"
+
+    def _jobs(self, fmt: str, out_dir: Path, sizes: Optional[dict[str, int]] = None) \
+            -> list[tuple[Optional[int], Path, dict]]:
         """(batch size or None, file, example inputs) of each export a format needs."""
         info = FORMATS[fmt]
+        if sizes:  # a static-shape format at one shape variant: one artefact, at the variant batch size
+            tag = variant_label(sizes).replace("=", "").replace(",", "_")
+            return [(self.variant_batch, out_dir / f"model.{tag}.b{self.variant_batch}{info.suffix}",
+                     self.variant_inputs(sizes))]
         if info.route(self.case.framework).static_batch:  # one artefact per batch size, each traced at that size
             return [(size, out_dir / f"model.b{size}{info.suffix}", self.inputs(size))
                     for size in sorted(self.case.batch_sizes)]
         return [(None, out_dir / f"model{info.suffix}", self.example_inputs())]
 
-    def export_files(self, fmt: str, out_dir: Path) -> tuple[dict, str]:
+    def export_files(self, fmt: str, out_dir: Path, sizes: Optional[dict[str, int]] = None) -> tuple[dict, str]:
         """Write every file of `fmt` into `out_dir` in this process; (metadata of the last, source)."""
         metadata: dict = {}
         source = ""
-        for size, path, inputs in self._jobs(fmt, out_dir):
+        for size, path, inputs in self._jobs(fmt, out_dir, sizes):
             model = self.model_for_export()  # torch: a pristine copy (tracing may mutate it)
             try:
                 metadata, source = self.export_module(fmt, model, self.framework.export_inputs(inputs), path,
-                                                      list(self.case.inputs), self.output_names)
+                                                      list(self.case.inputs), self.output_names, whole=True)
             except ExportError as e:
                 if size is None:
                     raise
                 raise ExportError(f"{e} (batch size {size})") from e
         return metadata, source
 
-    def expected(self, fmt: str = "") -> Expected:
+    def expected(self, fmt: str = "", sizes: Optional[dict[str, int]] = None) -> Expected:
         """Shapes and dtypes the case gives and expects, per batch size, and the precision `fmt`
-        promises (for structural checks)."""
-        sizes = tuple(sorted(self.case.batch_sizes))
+        promises (for structural checks); with `sizes`, of that shape variant at its batch size."""
+        if sizes:
+            b = self.variant_batch
+            return Expected(batch_sizes=(b,), inputs={b: {n: tuple(a.shape) for n, a in self.variant_inputs(sizes).items()}},
+                            input_dtypes={n: str(a.dtype) for n, a in self.pool.items()},
+                            outputs={b: {n: tuple(a.shape) for n, a in self.variant_reference(sizes).items()}},
+                            precision=self.precision(fmt))
+        batches = tuple(sorted(self.case.batch_sizes))
         return Expected(
-            batch_sizes=sizes,
-            inputs={b: {n: tuple(a.shape) for n, a in self.inputs(b).items()} for b in sizes},
+            batch_sizes=batches,
+            inputs={b: {n: tuple(a.shape) for n, a in self.inputs(b).items()} for b in batches},
             input_dtypes={n: str(a.dtype) for n, a in self.pool.items()},
-            outputs={b: {n: tuple(a.shape) for n, a in self.reference(b).items()} for b in sizes},
+            outputs={b: {n: tuple(a.shape) for n, a in self.reference(b).items()} for b in batches},
             precision=self.precision(fmt),
         )
 
-    def _inspect(self, artefact: Artefact) -> Artefact:
+    def _inspect(self, artefact: Artefact, sizes: Optional[dict[str, int]] = None) -> Artefact:
         """Run the format's inspector (structural checks) once; its findings join the artefact's metadata."""
         info = FORMATS[artefact.format]
         if not info.inspector:
             return artefact
         start = time.perf_counter()
         try:
-            found = load_object(info.inspector)(artefact, self.expected(artefact.format))
+            found = load_object(info.inspector)(artefact, self.expected(artefact.format, sizes))
         except CaseError:
             raise
         except Exception as e:
@@ -363,10 +461,11 @@ class CaseRun:
         return artefact
 
     def export_module(self, fmt: str, module, example: tuple, path: Path, input_names: list[str],
-                      output_names: list[str]) -> tuple[dict, str]:
+                      output_names: list[str], whole: bool = False) -> tuple[dict, str]:
         """Export `module` to `path` the way this case exports `fmt`: the case's own export
         function with its options, or the built-in exporter. Returns (metadata, source).
-        Used for the whole model and, by triage, for single submodules."""
+        Used for the whole model (`whole`: the case's dynamic axes apply) and, by triage, for
+        single submodules."""
         spec = self.case.export.get(fmt)
         options = dict(spec.options) if spec is not None else {}
         own = spec is not None and spec.function is not None
@@ -389,6 +488,8 @@ class CaseRun:
                     options["batch_sizes"] = list(self.case.batch_sizes)  # for exporters with a static fallback
                 if "calibration" in accepted:
                     options["calibration"] = self.calibration_data()  # for quantizing exporters
+                if "dynamic_axes" in accepted and self.case.sizes and whole:
+                    options["dynamic_axes"] = self._export_dynamic_axes()
                 metadata = function(module, example, path, input_names=input_names, output_names=output_names,
                                     **options)
         except CaseError:
@@ -435,11 +536,12 @@ class CaseRun:
         return inputs, labels
 
     # ---- run
-    def runner(self, fmt: str, backend: str):
-        """The activated runner of (fmt, backend), created once and reused by every check."""
-        k = (fmt, backend)
+    def runner(self, fmt: str, backend: str, sizes: Optional[dict[str, int]] = None):
+        """The activated runner of (fmt, backend), created once and reused by every check; with
+        `sizes`, of the artefact that runs that shape variant (the same runner unless shapes are static)."""
+        artefact = self.artefact(fmt, sizes)
+        k = (fmt, backend, str(artefact.path))
         if k not in self._runners:
-            artefact = self.artefact(fmt)
             runner_cls = load_object(FORMATS[fmt].runner_for(backend))
             try:
                 start = time.perf_counter()
@@ -455,8 +557,9 @@ class CaseRun:
             raise found
         return found
 
-    def run_target(self, fmt: str, backend: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        runner = self.runner(fmt, backend)
+    def run_target(self, fmt: str, backend: str, inputs: dict[str, np.ndarray],
+                   sizes: Optional[dict[str, int]] = None) -> dict[str, np.ndarray]:
+        runner = self.runner(fmt, backend, sizes)
         start = time.perf_counter()
         outputs = runner.infer(inputs)
         self.timings[f"infer_{fmt}_{backend}_s"] = self.timings.get(f"infer_{fmt}_{backend}_s", 0.0) + \
@@ -523,6 +626,11 @@ class CaseRun:
             if not isinstance(r, BaseException):
                 r.deactivate()
         self._runners.clear()
+
+
+def variant_label(sizes: dict[str, int]) -> str:
+    """``seq=16`` (``height=32,width=48``): how a shape variant is named in test rows and reports."""
+    return ",".join(f"{k}={v}" for k, v in sizes.items())
 
 
 def _needs_flattening(paths: list[tuple], selected: list[tuple]) -> bool:

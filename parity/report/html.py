@@ -8,7 +8,7 @@ needs, so checks that do not exist yet (or metrics a check does not report) simp
 - histogram and scatter: ``metrics.outputs.<output>.<row>.extra.profile`` (kept by the comparison
   for rows that failed or used at least half their tolerance, see :mod:`parity.profile`);
 - error per batch size: two or more rows in ``metrics.outputs.<output>`` (rows are labelled by
-  batch, ``b1``, ``b4``, ...), plotting ``scaled_error``;
+  batch, ``b1``, ``b4``, ..., or by the size of a dynamic axis, ``seq=16``), plotting ``scaled_error``;
 - accuracy and size vs fp32: ``metrics.accuracy`` with ``metrics.fp32_accuracy``, and
   ``metrics.artefact.size_bytes`` (or ``metrics.size_bytes``) with ``metrics.fp32_size_bytes``.
 """
@@ -126,7 +126,8 @@ def _batch_plots(record: dict) -> list[str]:
         tol = next(iter(rows.values())).get("tolerance") or {}
         limit = tol.get("scale") if not tol.get("atol") and not tol.get("rtol") else None
         colours = [svg.BLUE if r.get("passed", True) else svg.RED for r in rows.values()]
-        plots.append(svg.bars(labels, values, f"{record.get('check')}: {output} error per batch size",
+        per = "batch size" if all(str(label).startswith("b") for label in labels) else "size"  # seq=16 rows
+        plots.append(svg.bars(labels, values, f"{record.get('check')}: {output} error per {per}",
                               "err / max|ref|", limit=limit, colours=colours))
     return plots
 

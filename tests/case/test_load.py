@@ -18,7 +18,7 @@ def test_valid_case_loads_with_defaults(case_dir):
     case = load_case(write_case(case_dir, "ok", SMALL_CASE))
     assert case.name == "ok"
     assert case.batch_sizes == [1, 3]
-    assert case.checks == ["parity", "golden", "batch_invariance", "determinism", "lint", "accuracy"]
+    assert case.checks == ["parity", "golden", "batch_invariance", "shape_invariance", "determinism", "lint", "accuracy"]
     assert list(case.inputs) == ["x"]
     assert case.inputs["x"].shape == [3, 8, 8]
 
@@ -268,3 +268,36 @@ def test_bad_generator_is_one_line_naming_the_field(case_dir, field, body, says)
     text = SMALL_CASE.replace("inputs:\n  x: {shape: [3, 8, 8]}\n", "inputs:\n" + body)
     error = _error(case_dir, text)
     assert error.field.startswith(field) and says in str(error)
+
+
+_TOKENS = ("  ids: {shape: [8], dtype: int64, distribution: tokens, high: 50, mask: m, dynamic: {0: seq}}\n"
+           "  m: {shape: [8], dtype: int64, distribution: mask, dynamic: {0: seq}}\n")
+
+
+@pytest.mark.parametrize("field,inputs,extra,says", [
+    ("inputs.x", "  x: {shape: [3, 8, 8], dynamic: {3: size}}\n", "sizes: {size: [4]}\n",
+     "'dynamic' names axis 3 (size), but shape [3, 8, 8] has per-sample axes 0..2"),
+    ("sizes.width", "  x: {shape: [3, 8, 8], dynamic: {1: height}}\n", "sizes: {height: [4], width: [6]}\n",
+     "no input has a dynamic axis named 'width' (declared: height)"),
+    ("inputs.x", "  x: {shape: [3, size, size]}\n", "", "dynamic axis 'size' has no sizes; add sizes: {size: [...]}"),
+    ("inputs.m.shape", "  ids: {shape: [8], dynamic: {0: seq}}\n  m: {shape: [6], dynamic: {0: seq}}\n",
+     "sizes: {seq: [4]}\n", "axis 'seq' has size 6 here but 8 in inputs.ids"),
+    ("inputs.ids.mask", _TOKENS.replace("m: {shape: [8], dtype: int64, distribution: mask, dynamic: {0: seq}}",
+                                        "m: {shape: [8], dtype: int64, distribution: mask}"),
+     "sizes: {seq: [4]}\n", "a mask has one entry per token"),
+    ("sizes", _TOKENS, "sizes: {seq: [4, 4]}\n", "seq: listed more than once: 4"),
+    ("checks", "  x: {shape: [3, 8, 8]}\n", "checks: [parity, shape_invariance]\n",
+     "shape_invariance runs the dynamic axes at their sizes, and this case declares none"),
+])
+def test_bad_dynamic_axes_are_one_line_naming_the_field(case_dir, field, inputs, extra, says):
+    text = SMALL_CASE.replace("inputs:\n  x: {shape: [3, 8, 8]}\n", "inputs:\n" + inputs) + extra
+    error = _error(case_dir, text)
+    assert error.field == field and says in str(error), (error.field, str(error))
+
+
+def test_dynamic_axes_need_generated_inputs(case_dir):
+    np.savez(case_dir / "x.npz", x=np.zeros((4, 3, 8, 8), np.float32))
+    text = SMALL_CASE.replace("inputs:\n  x: {shape: [3, 8, 8]}\n",
+                              "inputs:\n  x: {file: x.npz, dynamic: {1: h}}\n") + "sizes: {h: [4]}\n"
+    error = _error(case_dir, text)
+    assert error.field == "inputs.x" and "dynamic axes need generated inputs" in str(error)

@@ -28,8 +28,12 @@ _INPUT_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.flo
 
 def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_names: list[str],
            output_names: list[str], precision: str = "fp32",
-           minimum_deployment_target: Optional[str] = None) -> dict:
+           minimum_deployment_target: Optional[str] = None,
+           dynamic_axes: Optional[list[dict[int, str]]] = None) -> dict:
     """Trace `model` as it is (training flag included), convert it to an mlprogram and save it at `path`.
+
+    The batch and the case's named dynamic axes (`dynamic_axes`, per input) are flexible
+    (``ct.RangeDim``; one symbol per name, shared by every input that has the axis).
 
     ``minimum_deployment_target`` is a name of ``coremltools.target`` (``iOS16``, ``macOS13``...);
     by default coremltools picks the oldest target the program needs (iOS15 for these models).
@@ -41,8 +45,16 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
     target = deployment_target(minimum_deployment_target)
     batch = int(example_inputs[0].shape[0])
     batch_dim = ct.RangeDim(lower_bound=1, upper_bound=batch, default=batch)  # one symbol shared by every input
-    inputs = [ct.TensorType(name=name, shape=(batch_dim, *x.shape[1:]), dtype=_INPUT_DTYPES.get(x.dtype, np.float32))
-              for name, x in zip(input_names, example_inputs)]
+    axes = list(dynamic_axes or [{} for _ in example_inputs])
+    named = {n: ct.RangeDim(lower_bound=1, upper_bound=-1, default=int(x.shape[a]))
+             for found, x in zip(axes, example_inputs) for a, n in found.items()}
+
+    def shape(i: int, x) -> tuple:
+        found = axes[i] if i < len(axes) else {}
+        return (batch_dim, *(named[found[a]] if a in found else int(d) for a, d in enumerate(x.shape) if a > 0))
+
+    inputs = [ct.TensorType(name=name, shape=shape(i, x), dtype=_INPUT_DTYPES.get(x.dtype, np.float32))
+              for i, (name, x) in enumerate(zip(input_names, example_inputs))]
     traced_inputs = tuple(x.to(torch.int32) if _INPUT_DTYPES.get(x.dtype) is np.int32 and x.dtype != torch.int32
                           else x for x in example_inputs)
     log = io.StringIO()
@@ -67,7 +79,8 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
             "coremltools": ct.__version__, "torch": torch.__version__,
             "compute_precision": PRECISIONS[precision],
             "minimum_deployment_target": str(minimum_deployment_target) if target is not None else "coremltools default",
-            "batch": f"flexible: ct.RangeDim(1, {batch})", "warnings": messages}
+            "batch": f"flexible: ct.RangeDim(1, {batch})", "warnings": messages,
+            **({"dynamic_axes": f"flexible: {', '.join(named)} (ct.RangeDim(1, unbounded))"} if named else {})}
 
 
 @contextlib.contextmanager

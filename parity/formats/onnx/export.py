@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import parity._triton_first  # noqa: F401
 import torch
 
+from parity.formats.dims import axes_text, torch_dynamic_shapes
+
 
 def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_names: list[str],
-           output_names: list[str], opset: int = 18, dynamo: bool = True) -> dict:
-    """Export with every input's dimension 0 dynamic; records the opset actually written.
+           output_names: list[str], opset: int = 18, dynamo: bool = True,
+           dynamic_axes: Optional[list[dict[int, str]]] = None) -> dict:
+    """Export with every input's dimension 0 dynamic, and the case's named dynamic axes
+    (`dynamic_axes`, per input); records the opset actually written.
 
     ``external_data=False`` keeps the weights inside the .onnx file (no ``.onnx.data`` beside it).
     The dynamo exporter may write another opset than the one asked (17 gives 18): the metadata's
@@ -22,16 +27,18 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if dynamo:
-            batch = torch.export.Dim.DYNAMIC
             torch.onnx.export(model, example_inputs, str(path), dynamo=True, opset_version=opset,
                               external_data=False, input_names=input_names, output_names=output_names,
-                              dynamic_shapes=tuple({0: batch} for _ in example_inputs), verbose=False)
+                              dynamic_shapes=torch_dynamic_shapes(example_inputs, dynamic_axes), verbose=False)
         else:
+            axes = {n: {0: "batch", **found} for n, found in zip(input_names, dynamic_axes or [{}] * len(input_names))}
             torch.onnx.export(model, example_inputs, str(path), dynamo=False, opset_version=opset,
                               input_names=input_names, output_names=output_names,
-                              dynamic_axes={n: {0: "batch"} for n in [*input_names, *output_names]})
+                              dynamic_axes={**axes, **{n: {0: "batch"} for n in output_names}})
     proto = onnx.load(str(path), load_external_data=False)
     written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     messages = sorted({str(w.message).splitlines()[0] for w in caught if "deprecat" not in str(w.message).lower()})
-    return {"exporter": "dynamo" if dynamo else "torchscript-based (legacy)", "opset_requested": opset,
+    named = axes_text(dynamic_axes, input_names)
+    return {**({"dynamic_axes": named} if named else {}),
+            "exporter": "dynamo" if dynamo else "torchscript-based (legacy)", "opset_requested": opset,
             "opset_written": written, "torch": str(torch.__version__), "onnx": onnx.__version__, "warnings": messages}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -16,11 +17,13 @@ from parity.formats.quantize import calibration_batches, via_fp32
 
 def onnx_int8(model, example_inputs: tuple, path: Path, *, input_names: list[str], output_names: list[str],
               calibration: dict[str, np.ndarray], mode: str = "static", per_channel: bool = True,
-              reduce_range: bool = True) -> dict:
+              reduce_range: bool = True, dynamic_axes: Optional[list[dict[int, str]]] = None) -> dict:
+    from functools import partial
+
     from parity.formats.onnx.export import export as export_fp32
 
-    meta = via_fp32(export_fp32, ".onnx", model, example_inputs, input_names, output_names,
-                    lambda fp32: quantize_onnx(fp32, path, calibration, mode, per_channel, reduce_range))
+    meta = via_fp32(partial(export_fp32, dynamic_axes=dynamic_axes), ".onnx", model, example_inputs, input_names,
+                    output_names, lambda fp32: quantize_onnx(fp32, path, calibration, mode, per_channel, reduce_range))
     return {"route": f"onnxruntime.quantization {mode}" + (" QDQ" if mode == "static" else ""),
             "per_channel": per_channel, "reduce_range": reduce_range, "opset_written": meta["opset_written"],
             "torch": str(torch.__version__)}

@@ -4,6 +4,7 @@ calibrated), saved as a torch.export program."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -14,13 +15,15 @@ from parity.formats.quantize import calibration_batches
 
 
 def pt2_int8(model, example_inputs: tuple, path: Path, *, input_names: list[str], output_names: list[str],
-             calibration: dict[str, np.ndarray]) -> dict:
+             calibration: dict[str, np.ndarray], dynamic_axes: Optional[list[dict[int, str]]] = None) -> dict:
     """Static INT8 with torchao's X86InductorQuantizer default config (per-channel weights)."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer, get_default_x86_inductor_quantization_config)
 
-    dims = tuple({0: torch.export.Dim.DYNAMIC} for _ in example_inputs)
+    from parity.formats.dims import torch_dynamic_shapes
+
+    dims = torch_dynamic_shapes(example_inputs, dynamic_axes)
     graph = torch.export.export(model, example_inputs, dynamic_shapes=dims).module()
     quantizer = X86InductorQuantizer()
     quantizer.set_global(get_default_x86_inductor_quantization_config())
