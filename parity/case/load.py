@@ -80,6 +80,10 @@ def load_case(path: str | Path, catalog: Catalog) -> Case:
 def _with_catalog(case: Case, shown: str, catalog: Catalog) -> Case:
     """Check every format, backend and check name against `catalog` and fill in the defaults."""
     updates: dict = {}
+    if "shape_invariance" in case.checks and not case.sizes:  # listed by the user (defaults skip it)
+        raise CaseError(shown, "checks", "shape_invariance runs the dynamic axes at their sizes, and this case "
+                        "declares none; name one in an input's shape (shape: [seq]) with sizes: {seq: [8, 16]}, "
+                        "or drop the check")
     if not case.formats:
         updates["formats"] = catalog.formats_for(case.framework, quantized=case.accuracy is not None)
     if not case.backends:

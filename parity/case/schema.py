@@ -309,10 +309,6 @@ class Case(_Strict):
             if axis_name not in self.sizes:
                 raise ValueError(f"inputs.{users[0]}: dynamic axis {axis_name!r} has no sizes; add "
                                  f"sizes: {{{axis_name}: [...]}} (the sizes it is checked at)")
-        if "shape_invariance" in self.checks and not self.sizes:
-            raise ValueError("checks: shape_invariance runs the dynamic axes at their sizes, and this case declares "
-                             "none; name one in an input's shape (shape: [seq]) with sizes: {seq: [8, 16]}, or drop "
-                             "the check")
         for axis_name in self.sizes:
             if axis_name not in declared:
                 raise ValueError(f"sizes.{axis_name}: no input has a dynamic axis named {axis_name!r} (declared: "
@@ -418,7 +414,7 @@ class Case(_Strict):
 
 #: Generator fields added after goldens were first recorded: left out of the fingerprint while at
 #: their defaults, so goldens of inputs that did not change stay valid.
-_LATER_FIELDS = ("bos", "eos", "pad", "mask", "padding", "empty_row", "large", "dynamic")
+_LATER_FIELDS = ("bos", "eos", "pad", "mask", "padding", "empty_row", "large")
 
 
 def _fingerprinted(spec: InputSpec, shape: Optional[tuple[int, ...]]) -> dict:
@@ -426,7 +422,7 @@ def _fingerprinted(spec: InputSpec, shape: Optional[tuple[int, ...]]) -> dict:
     sizes do not change them, so adding sizes keeps goldens valid)."""
     data = spec.model_dump()
     data["shape"] = None if shape is None else list(shape)
-    data["dynamic"] = {}
+    del data["dynamic"]
     for name in _LATER_FIELDS:
         if data[name] == InputSpec.model_fields[name].default:
             del data[name]

@@ -22,13 +22,22 @@ def _child(fmt: str, out_dir: str, sizes: str = "{}") -> int:
 
     from parity.pipeline.run import CaseRun
 
-    case = Case.model_validate_json(sys.stdin.read())  # validated by the parent: the same case
+    from parity.errors import short_error
+
+    try:
+        case = Case.model_validate_json(sys.stdin.read())  # validated by the parent: the same case
+    except Exception as e:  # a parent and child that disagree on the schema: say so in one line
+        print(ERROR + json.dumps(f"the isolated export could not read the case: {short_error(e, 3)}"), flush=True)
+        return 3
     with tempfile.TemporaryDirectory(prefix="parity-isolated-") as scratch:
         run = CaseRun(case, Path(scratch))
         try:
             metadata, source = run.export_files(fmt, Path(out_dir), json.loads(sizes) or None)
         except (ExportError, CaseError) as e:
             print(ERROR + json.dumps(str(e)), flush=True)
+            return 3
+        except Exception as e:  # outside the exporter call: its message, not a traceback's last lines
+            print(ERROR + json.dumps(f"the isolated {fmt} export failed: {short_error(e, 3)}"), flush=True)
             return 3
     print(MARK + json.dumps({"metadata": metadata, "source": source}, default=str), flush=True)
     return 0

@@ -490,6 +490,9 @@ class CaseRun:
                     options["calibration"] = self.calibration_data()  # for quantizing exporters
                 if "dynamic_axes" in accepted and self.case.sizes and whole:
                     options["dynamic_axes"] = self._export_dynamic_axes()
+                    if "dynamic_sizes" in accepted:  # for exporters that need bounds (Core ML's RangeDim)
+                        options["dynamic_sizes"] = {n: sorted({self.case.export_sizes[n], *sizes})
+                                                    for n, sizes in self.case.sizes.items()}
                 metadata = function(module, example, path, input_names=input_names, output_names=output_names,
                                     **options)
         except CaseError:

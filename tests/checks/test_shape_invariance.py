@@ -9,7 +9,7 @@ import pytest
 
 from conftest import write_case
 from parity.catalog import load_case
-from parity.checks.shape_invariance import REJECTS_HINT, SPECIALISED_HINT
+from parity.checks.shape_invariance import SPECIALISED_HINT
 from parity.session import Session
 
 MODELS = '''
@@ -198,3 +198,21 @@ def test_the_check_is_not_collected_for_a_case_without_dynamic_axes(tmp_path):
         formats: [onnx]
         """))
     assert not CHECKS["shape_invariance"].applies(case, "onnx")
+
+
+def test_converters_core_ml_flexible_and_tflite_once_per_size(tmp_path, session):
+    """Core ML converts a trace, so it inherits a baked length (and gets a bounded RangeDim per axis);
+    TFLite has static shapes, so each size is its own export, traced there, and right."""
+    pytest.importorskip("coremltools")
+    pytest.importorskip("litert_torch")
+    baked = _case(tmp_path, "baked", "length_baked", "[coreml]")
+    result = session.run_check(baked, "coreml", "mil-ref", "shape_invariance")
+    assert result.status == "failed", result.message
+    assert SPECIALISED_HINT.format(export="seq=8") in result.message
+    assert "seq ct.RangeDim(1, 12)" in session.case_run(baked).artefact_info("coreml")["dynamic_axes"]
+    clean = _case(tmp_path, "clean", "mean_pool", "[tflite]")
+    result = session.run_check(clean, "tflite", "cpu", "shape_invariance")
+    assert result.status == "passed", result.message
+    run = session.case_run(clean)
+    assert run.artefact("tflite", {"seq": 12}).metadata["shape"] == "static: exported at seq=12 (batch 3)"
+    assert run.artefact("tflite", {"seq": 8}) is run.artefact("tflite")  # the export size is the case's own

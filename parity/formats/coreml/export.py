@@ -29,11 +29,13 @@ _INPUT_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.flo
 def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_names: list[str],
            output_names: list[str], precision: str = "fp32",
            minimum_deployment_target: Optional[str] = None,
-           dynamic_axes: Optional[list[dict[int, str]]] = None) -> dict:
+           dynamic_axes: Optional[list[dict[int, str]]] = None,
+           dynamic_sizes: Optional[dict[str, list[int]]] = None) -> dict:
     """Trace `model` as it is (training flag included), convert it to an mlprogram and save it at `path`.
 
     The batch and the case's named dynamic axes (`dynamic_axes`, per input) are flexible
-    (``ct.RangeDim``; one symbol per name, shared by every input that has the axis).
+    (``ct.RangeDim``; one symbol per name, shared by every input that has the axis), from 1 to the
+    largest of the axis's `dynamic_sizes` (an ML Program needs a bounded range).
 
     ``minimum_deployment_target`` is a name of ``coremltools.target`` (``iOS16``, ``macOS13``...);
     by default coremltools picks the oldest target the program needs (iOS15 for these models).
@@ -46,7 +48,8 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
     batch = int(example_inputs[0].shape[0])
     batch_dim = ct.RangeDim(lower_bound=1, upper_bound=batch, default=batch)  # one symbol shared by every input
     axes = list(dynamic_axes or [{} for _ in example_inputs])
-    named = {n: ct.RangeDim(lower_bound=1, upper_bound=-1, default=int(x.shape[a]))
+    named = {n: ct.RangeDim(lower_bound=1, default=int(x.shape[a]),
+                            upper_bound=max([int(x.shape[a]), *(dynamic_sizes or {}).get(n, [])]))
              for found, x in zip(axes, example_inputs) for a, n in found.items()}
 
     def shape(i: int, x) -> tuple:
@@ -80,7 +83,8 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
             "compute_precision": PRECISIONS[precision],
             "minimum_deployment_target": str(minimum_deployment_target) if target is not None else "coremltools default",
             "batch": f"flexible: ct.RangeDim(1, {batch})", "warnings": messages,
-            **({"dynamic_axes": f"flexible: {', '.join(named)} (ct.RangeDim(1, unbounded))"} if named else {})}
+            **({"dynamic_axes": "flexible: " + ", ".join(f"{n} ct.RangeDim(1, {d.upper_bound})"
+                                                         for n, d in named.items())} if named else {})}
 
 
 @contextlib.contextmanager
@@ -118,13 +122,15 @@ def deployment_target(name: Optional[str]):
     return target
 
 
-def export_fp32(model, example_inputs, path, *, input_names, output_names, **options) -> dict:
+def export_fp32(model, example_inputs, path, *, input_names, output_names, dynamic_axes=None, dynamic_sizes=None,
+                **options) -> dict:
     """The ``coreml`` format: compute precision FLOAT32."""
     return export(model, example_inputs, path, input_names=input_names, output_names=output_names,
-                  precision="fp32", **options)
+                  precision="fp32", dynamic_axes=dynamic_axes, dynamic_sizes=dynamic_sizes, **options)
 
 
-def export_fp16(model, example_inputs, path, *, input_names, output_names, **options) -> dict:
+def export_fp16(model, example_inputs, path, *, input_names, output_names, dynamic_axes=None, dynamic_sizes=None,
+                **options) -> dict:
     """The ``coreml_fp16`` format: compute precision FLOAT16."""
     return export(model, example_inputs, path, input_names=input_names, output_names=output_names,
-                  precision="fp16", **options)
+                  precision="fp16", dynamic_axes=dynamic_axes, dynamic_sizes=dynamic_sizes, **options)

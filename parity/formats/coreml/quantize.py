@@ -14,14 +14,16 @@ from parity.formats.quantize import via_fp32
 
 
 def coreml_int8(model, example_inputs: tuple, path: Path, *, input_names: list[str], output_names: list[str],
-                granularity: str = "per_channel", dynamic_axes: Optional[list[dict[int, str]]] = None) -> dict:
+                granularity: str = "per_channel", dynamic_axes: Optional[list[dict[int, str]]] = None,
+                dynamic_sizes: Optional[dict[str, list[int]]] = None) -> dict:
     """The fp32 mlprogram, then ``coremltools.optimize.coreml.linear_quantize_weights`` (weight-only
     int8, symmetric): the package stores int8 weights with ``constexpr`` dequantization ops."""
     from functools import partial
 
     from parity.formats.coreml.export import export_fp32
 
-    meta = via_fp32(partial(export_fp32, dynamic_axes=dynamic_axes), ".mlpackage", model, example_inputs, input_names, output_names,
+    fp32_export = partial(export_fp32, dynamic_axes=dynamic_axes, dynamic_sizes=dynamic_sizes)
+    meta = via_fp32(fp32_export, ".mlpackage", model, example_inputs, input_names, output_names,
                     lambda fp32: quantize_coreml_weights(fp32, path, granularity))
     return {**meta, "route": f"coremltools.optimize linear_quantize_weights int8 {granularity} (weight-only)",
             "granularity": granularity}

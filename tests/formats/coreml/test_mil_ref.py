@@ -294,6 +294,9 @@ OPS: list[Op] = [
     reduce("reduce_log_sum", lambda x, d, k: torch.log(x.sum(d, keepdim=k)), low=0.1),
     reduce("reduce_log_sum_exp", lambda x, d, k: torch.logsumexp(x, d, keepdim=k)),
     Op("reduce_mean-all", {"x": rand(2, 3)}, lambda x: mb.reduce_mean(x=x), lambda x: x.mean()),
+    # an int32 sum stays int32 in Core ML (torch promotes it to int64): a padding mask's length
+    Op("reduce_sum-int32", {"x": rng.integers(0, 2, (3, 7)).astype(np.int32)},
+       lambda x: mb.reduce_sum(x=x, axes=[1], keep_dims=True), lambda x: x.sum(1, keepdim=True, dtype=torch.int32)),
     Op("reduce_argmax", {"x": rand(2, 3, 5)}, lambda x: mb.reduce_argmax(x=x, axis=-1),
        lambda x: x.argmax(-1).int()),
     Op("reduce_argmin", {"x": rand(2, 3, 5)}, lambda x: mb.reduce_argmin(x=x, axis=1, keep_dims=True),

@@ -506,6 +506,8 @@ def _reduce(a):
             out = out.prod(dim=d, keepdim=True)
     else:
         out = _REDUCE[a.op.op_type](x, dims)
+    if not x.is_floating_point() and out.dtype != x.dtype:
+        out = out.to(x.dtype)  # Core ML reduces int32 to int32 (torch promotes integer sums to int64)
     if not a.bool("keep_dims"):
         for d in reversed(dims):
             out = out.squeeze(d)
