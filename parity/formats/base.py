@@ -81,3 +81,21 @@ class Runner:
 
     def deactivate_impl(self) -> None:
         pass
+
+
+def output_order(own: list[str], artefact: Artefact) -> list[int]:
+    """Positions of the case's outputs among the artefact's own (`own`, its output names in its order).
+
+    By name where the artefact has the names the case expects (after ``export.<format>.outputs``);
+    by position only for a single output, or for an artefact parity or the case's own function
+    wrote (in the case's order). A prebuilt artefact with other names is an error asking for the
+    mapping: outputs are never matched silently by position.
+    """
+    wanted = list(artefact.output_names)
+    if set(wanted) <= set(own):
+        return [own.index(n) for n in wanted]
+    if artefact.source != "prebuilt" or (len(own) == 1 and len(wanted) == 1):
+        return list(range(len(own)))
+    raise ValueError(f"the artefact's outputs are named {', '.join(own)}; the case compares "
+                     f"{', '.join(wanted)}. Map them by name with export.{artefact.format}.outputs "
+                     f"{{case name: artefact name}} (outputs are never matched by position)")

@@ -264,3 +264,67 @@ def test_a_prebuilt_artefact_with_other_output_names_needs_a_mapping(cases, tmp_
     assert list(got) == ["boxes", "class_logits"]
     for name in want:
         assert np.abs(got[name] - want[name]).max() < 1e-5, name
+
+
+def _reversed_heads(model):
+    import torch
+
+    class Reversed(torch.nn.Module):
+        def __init__(self, heads):
+            super().__init__()
+            self.m = heads
+
+        def forward(self, x):
+            out = self.m(x)
+            return out["class_logits"], out["boxes"]
+
+    return Reversed(model).eval()
+
+
+@pytest.mark.parametrize("fmt,backend", [("tflite", "cpu"), ("coreml", "mil-ref")])
+def test_prebuilt_tflite_and_coreml_outputs_are_matched_by_name_too(cases, tmp_path, fmt, backend):
+    """The same rule as ONNX in the converters' formats: a prebuilt file's own output names (TFLite
+    signature keys, Core ML description names) must be the case's or be mapped."""
+    import numpy as np
+    import torch
+
+    pytest.importorskip("litert_torch" if fmt == "tflite" else "coremltools")
+    first = cases("first", """
+        model: {factory: 'structured_models:heads'}
+        inputs: {x: {shape: [6]}}
+        formats: [onnx]
+        backends: [cpu]
+        """)
+    model, example = _reversed_heads(first.model), (torch.randn(2, 6),)
+    if fmt == "tflite":
+        import litert_torch
+
+        path, own = tmp_path / "cases" / "prebuilt.tflite", ("output_0", "output_1")
+        litert_torch.convert(model, example).export(str(path))
+    else:
+        import coremltools as ct
+
+        path, own = tmp_path / "cases" / "prebuilt.mlpackage", ("cls", "box")
+        ct.convert(torch.jit.trace(model, example), inputs=[ct.TensorType(name="x", shape=(2, 6))],
+                   outputs=[ct.TensorType(name=n) for n in own], convert_to="mlprogram",
+                   compute_precision=ct.precision.FLOAT32, skip_model_load=True).save(str(path))
+    body = f"""
+        model: {{factory: 'structured_models:heads'}}
+        inputs: {{x: {{shape: [6]}}}}
+        outputs: [boxes, class_logits]
+        batch_sizes: [2]
+        formats: [{fmt}]
+        backends: [{backend}]
+        export:
+          {fmt}: {{artefact: {path.name}}}
+        """
+    unmapped = cases(f"unmapped_{fmt}", body)
+    with pytest.raises(Exception, match=rf"named {own[0]}, {own[1]}; the case compares boxes, class_logits\. Map them "
+                                        rf"by name with export\.{fmt}\.outputs"):
+        unmapped.outputs(fmt, backend, 2)
+    mapped = cases(f"mapped_{fmt}", body.replace(f"{{artefact: {path.name}}}", f"{{artefact: {path.name}, outputs: "
+                                                 f"{{boxes: {own[1]}, class_logits: {own[0]}}}}}"))
+    got, want = mapped.outputs(fmt, backend, 2), mapped.reference(2)
+    assert list(got) == ["boxes", "class_logits"]
+    for name in want:  # the reversed file, put back in the case's order by name
+        assert np.abs(got[name] - want[name]).max() < 1e-4, name

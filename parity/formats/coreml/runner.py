@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from parity.artefact import Artefact, Expected
-from parity.formats.base import Runner
+from parity.formats.base import Runner, output_order
 
 COMPUTE_UNITS = {"cpu": "CPU_ONLY", "gpu": "CPU_AND_GPU", "ane": "ALL"}
 MACOS_ONLY = "Core ML runtime requires macOS"
@@ -71,7 +71,9 @@ def inspect(artefact: Artefact, expected: Expected) -> dict:
         if names != case_names:
             if artefact.source == "parity":
                 raise ValueError(f"{kind} names {names} differ from the case's {case_names}")
-            notes.append(f"{kind} names {names} differ from the case's {case_names}; matched by position")
+            if kind == "input":
+                notes.append(f"input names {names} differ from the case's {case_names}; fed by position")
+    order = output_order(described_out, artefact)  # by name, or an error asking for export.<format>.outputs
 
     inputs = {}
     for position, (desc, name) in enumerate(zip(spec.description.input, artefact.input_names)):
@@ -88,10 +90,11 @@ def inspect(artefact: Artefact, expected: Expected) -> dict:
                              "dtype": types.builtin_to_string(main.inputs[desc.name].dtype)}
 
     outputs = {}
-    for position, (var, name) in enumerate(zip(main.outputs, artefact.output_names)):
+    for k, (position, name) in enumerate(zip(order, artefact.output_names)):  # name: the artefact's own
+        var = main.outputs[position]
         declared = tuple(var.shape)
         for batch in expected.batch_sizes:
-            shape = expected.outputs[batch][name]
+            shape = list(expected.outputs[batch].values())[k]  # the case's k-th output
             fits = len(declared) == len(shape) and all(not isinstance(d, (int, np.integer)) or int(d) == s
                                                        for d, s in zip(declared, shape))
             if not fits:
@@ -165,7 +168,8 @@ class CoreMLRunner(Runner):
                                        compute_units=getattr(ct.ComputeUnit, COMPUTE_UNITS[self.backend]))
         description = self.model.get_spec().description
         self.input_names = [i.name for i in description.input]
-        self.output_names = [o.name for o in description.output]
+        own = [o.name for o in description.output]
+        self.output_names = [own[i] for i in output_order(own, self.artefact)]
         array_types = {65568: np.float32, 65552: np.float16, 65600: np.float64, 131104: np.int32}  # ArrayDataType
         self.input_dtypes = [array_types.get(i.type.multiArrayType.dataType, np.float32) for i in description.input]
 

@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 import onnxruntime as ort
 
-from parity.formats.base import Runner
+from parity.formats.base import Runner, output_order
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -37,7 +37,8 @@ class OnnxRuntimeRunner(Runner):
         if got[0] != PROVIDERS[self.backend]:
             raise RuntimeError(f"onnxruntime fell back to {got} instead of {PROVIDERS[self.backend]}")
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.fetch = fetch_names([o.name for o in self.session.get_outputs()], self.artefact)
+        own = [o.name for o in self.session.get_outputs()]
+        self.fetch = [own[i] for i in output_order(own, self.artefact)]
 
     def infer_impl(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         if len(inputs) != len(self.input_names):
@@ -48,17 +49,3 @@ class OnnxRuntimeRunner(Runner):
 
     def deactivate_impl(self) -> None:
         del self.session
-
-
-def fetch_names(own: list[str], artefact) -> Optional[list[str]]:
-    """The artefact's outputs to fetch, in the case's order: by name where the artefact has the
-    names the case expects; by position only for a single output or an artefact parity wrote itself
-    (in the case's order); otherwise an error asking for the mapping."""
-    wanted = list(artefact.output_names)
-    if set(wanted) <= set(own):
-        return wanted
-    if len(own) == 1 and len(wanted) == 1 or artefact.source != "prebuilt":
-        return None
-    raise ValueError(f"the artefact's outputs are named {', '.join(own)}; the case compares "
-                     f"{', '.join(wanted)}. Map them by name with export.{artefact.format}.outputs "
-                     f"{{case name: artefact name}} (outputs are never matched by position)")

@@ -24,7 +24,7 @@ import numpy as np
 from ai_edge_litert import interpreter as litert
 
 from parity.artefact import Artefact, Expected
-from parity.formats.base import Runner
+from parity.formats.base import Runner, output_order
 
 AS_CASE = "as the case"
 CHANNELS_LAST = "channels-last"
@@ -87,8 +87,10 @@ class _Loaded:
         signature = next(iter(signatures.values())) if len(signatures) == 1 else {}
         self.inputs = _ordered(self.interpreter.get_input_details(), signature.get("inputs", {}),
                                artefact.input_names)
-        self.outputs = _ordered(self.interpreter.get_output_details(), signature.get("outputs", {}),
-                                artefact.output_names)
+        outputs = _ordered(self.interpreter.get_output_details(), signature.get("outputs", {}), artefact.output_names)
+        named = {i: n for n, i in signature.get("outputs", {}).items()}  # signature keys, else tensor names
+        order = output_order([named.get(d["index"], d["name"]) for d in outputs], artefact)
+        self.outputs = [outputs[i] for i in order]
         self.batch = int(self.inputs[0]["shape"][0]) if self.inputs and len(self.inputs[0]["shape"]) else None
         self.resized_from: Optional[int] = None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from parity.formats.base import Runner
+from parity.formats.base import Runner, output_order
 
 
 class MilReferenceRunner(Runner):
@@ -28,14 +28,17 @@ class MilReferenceRunner(Runner):
 
         program, _ = load_program(self.artefact.path)
         self.evaluator = Evaluator(program)
+        self.order: list[int] | None = None
 
     def infer_impl(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         names = self.evaluator.input_names
         if len(inputs) != len(names):
             raise ValueError(f"the program takes {len(names)} inputs {names}, the case gives {len(inputs)}: "
                              f"{list(inputs)}")
-        outputs = self.evaluator.run(dict(zip(names, inputs.values())))
-        return list(outputs.values())
+        outputs = list(self.evaluator.run(dict(zip(names, inputs.values()))).items())
+        if self.order is None:
+            self.order = output_order([name for name, _ in outputs], self.artefact)
+        return [outputs[i][1] for i in self.order]
 
     def deactivate_impl(self) -> None:
         del self.evaluator
