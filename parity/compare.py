@@ -18,6 +18,11 @@ import numpy as np
 from parity.profile import PROFILE_AT, error_profile, tolerance_used
 from parity.tolerance import ResolvedTolerance
 
+#: fp16's largest finite value and smallest normal: beyond them values overflow to Inf or lose
+#: their precision and flush towards zero (the precision-limit cause).
+FP16_MAX = 65504.0
+FP16_TINY = 6.104e-05
+
 
 @dataclass
 class OutputComparison:
@@ -47,6 +52,8 @@ class OutputComparison:
     nonfinite: int = 0  # elements non-finite in obtained but finite in expected (or mismatched)
     top1_agreement: Optional[float] = None
     vacuous: bool = False
+    underflow: int = 0  # elements the reference has as non-zero, tiny (< fp16's smallest normal), obtained as 0
+    overflow: int = 0  # non-finite elements where the reference is finite but beyond fp16's largest (65504)
     extra: dict = field(default_factory=dict)
 
     def metrics(self) -> dict:
@@ -84,6 +91,9 @@ def compare_output(name: str, expected: np.ndarray, obtained: np.ndarray, tol: R
     bad_nonfinite = (exp_finite != obt_finite) | (~exp_finite & ~obt_finite & ~both_same_nonfinite)
     result.nonfinite = int(bad_nonfinite.sum())
     comparable = exp_finite & obt_finite
+    result.overflow = int((bad_nonfinite & exp_finite & (np.abs(np.where(exp_finite, exp, 0.0)) > FP16_MAX)).sum())
+    flushed = comparable & (obt == 0) & (exp != 0)
+    result.underflow = int((flushed & (np.abs(exp) < FP16_TINY)).sum())
 
     diff = np.where(comparable, np.abs(obt - exp), 0.0)
     ref_abs = np.where(exp_finite, np.abs(exp), 0.0)

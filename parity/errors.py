@@ -22,12 +22,28 @@ class CaseError(ParityError):
 
 
 class ExportError(ParityError):
-    """An exporter (ours or the user's) failed. The message is cut to the lines that matter."""
+    """An exporter (ours or the user's) failed. The message is cut to the lines that matter.
+
+    ``cause`` (a name of :mod:`parity.causes`) is ``unsupported`` where the failure is a known limit
+    of the route rather than a converter bug."""
+
+    def __init__(self, message: str, cause: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.cause = cause or ("unsupported" if export_hint(message) else "export-failed")
 
 
 class RunnerError(ParityError):
     """The artefact exported, but a runner could not load or run it (a runtime's missing kernel,
-    the MIL reference evaluator's missing op). Not an export failure: the message says which."""
+    the MIL reference evaluator's missing op). Not an export failure: the message says which.
+    ``cause``: ``unsupported`` for a documented missing kernel, else ``load-failed``."""
+
+    def __init__(self, message: str, cause: str = "load-failed") -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class ReferenceFailed(ParityError):
+    """The eager model raised on the case's inputs: nothing can be compared. Names the factory and the call."""
 
 
 class BackendUnavailable(ParityError):

@@ -188,7 +188,9 @@ class _SessionAdapter:
         if target.load_error is not None:
             e = target.load_error
             record = {"case": Path(e.path).stem, "format": None, "backend": None, "check": "load",
-                      "status": "error", "message": str(e), "metrics": {"file": e.path, "field": e.field}}
+                      "status": "error", "message": str(e), "metrics": {"file": e.path, "field": e.field},
+                      "cause": "case-error", "why": f"{e.field}: {e.problem}" if e.field else e.problem,
+                      "fix": "fix the field the message names; the other cases run"}
             return Outcome("error", str(e), record)
         start = time.perf_counter()
         result = self.engine.run_check(target.case, target.format, target.backend, target.check)
@@ -199,6 +201,8 @@ class _SessionAdapter:
                   "check": target.check, "status": result.status, "message": result.message,
                   "metrics": result.metrics, "duration_s": round(time.perf_counter() - start, 4),
                   "timings": {k: round(v, 4) for k, v in timings.items()}}
+        if result.cause is not None:
+            record.update(cause=result.cause, why=result.why, fix=result.fix)
         if target.case.expects_failure(target.check, target.format):
             record["xfail"] = target.case.xfail
         # Plain JSON types only: the record travels from pytest-xdist workers (execnet cannot send numpy
@@ -350,7 +354,20 @@ class _Reporter:
             line += f"; {written} golden target(s) written under {_dir_option(config, 'golden', 'golden')}"
         if self.written:
             line += "; " + ", ".join(self.written)
+        from parity.report.findings import group
+
+        findings = group(self.records)
+        if findings:  # each cause once, most severe first: what to read before the failures above
+            terminalreporter.write_sep("-", f"parity findings: {len(findings)} cause(s), most severe first")
+            for f in findings[:TERMINAL_FINDINGS]:
+                terminalreporter.write_line(f.line())
+            if len(findings) > TERMINAL_FINDINGS:
+                terminalreporter.write_line(f"... {len(findings) - TERMINAL_FINDINGS} more in the reports")
         terminalreporter.write_sep("-", line)
+
+
+#: Findings printed at the end of a pytest run (the reports have all of them).
+TERMINAL_FINDINGS = 12
 
 
 def _json_default(value):

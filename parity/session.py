@@ -11,7 +11,8 @@ from pathlib import Path
 
 from parity.case import Case, load_object
 from parity.checks import CHECKS, CheckResult
-from parity.errors import BackendUnavailable, CaseError, ExportError, GoldenError, RunnerError, short_error
+from parity.errors import (BackendUnavailable, CaseError, ExportError, GoldenError, ReferenceFailed, RunnerError,
+                           short_error)
 from parity.formats import FORMATS
 from parity.golden import GoldenStore
 from parity.pipeline.run import CaseRun
@@ -54,17 +55,29 @@ class Session:
         except BackendUnavailable as e:
             return CheckResult("skipped", str(e))
         except ExportError as e:
-            return CheckResult("error", f"export to {fmt} failed: {e}")
+            return CheckResult("error", f"export to {fmt} failed: {e}", cause=e.cause, why=_first_line(e))
         except RunnerError as e:
-            return CheckResult("error", str(e))
-        except (CaseError, GoldenError) as e:
-            return CheckResult("error", str(e))
+            return CheckResult("error", str(e), cause=e.cause, why=_first_line(e))
+        except ReferenceFailed as e:
+            return CheckResult("error", str(e), cause="reference-failed", why=_first_line(e))
+        except CaseError as e:
+            return CheckResult("error", str(e), cause="case-error", why=e.problem.splitlines()[0])
+        except GoldenError as e:
+            return CheckResult("error", str(e), cause="no-golden", why=_first_line(e))
+        except NotImplementedError as e:  # an evaluator's documented missing kernel, met while running
+            return CheckResult("error", short_error(e), cause="unsupported", why=_first_line(e))
         except Exception as e:
             frames = traceback.extract_tb(e.__traceback__)[-3:]
             where = "; ".join(f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in frames)
-            return CheckResult("error", f"{short_error(e)}\n(at {where})")
+            return CheckResult("error", f"{short_error(e)}\n(at {where})", cause="harness-error",
+                               why=short_error(e, 1))
 
     def close(self) -> None:
         for run in self._runs.values():
             run.close()
         self._runs.clear()
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:limit] if text else type(e).__name__

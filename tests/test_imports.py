@@ -121,7 +121,7 @@ def test_cycle_detector_finds_a_planted_cycle(tmp_path):
 
 #: The layers, lowest first: a module may import its own layer and the layers below, never above.
 LAYERS = [
-    ("parity.errors", "parity._triton_first", "parity.registry"),
+    ("parity.errors", "parity._triton_first", "parity.registry", "parity.causes"),
     ("parity.tolerance", "parity.profile", "parity.outputs", "parity.artefact", "parity.findings", "parity.golden"),
     ("parity.compare", "parity.case"),
     ("parity.frameworks", "parity.formats"),

@@ -174,7 +174,9 @@ def test_model_change_is_reported_in_golden_failure(suite, case_dir):
     models.write_text(models.read_text().replace("uniform_(0.5, 2.0)", "uniform_(0.6, 2.0)"))
     result, _ = suite()
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*the eager reference itself moved*"])
+    result.stdout.fnmatch_lines(["*since the golden was recorded: the model changed (its factory source, kwargs, "
+                                 "seed or weights); the eager reference moved by up to*"])
+    assert "the environment changed" not in result.stdout.str()
 
 
 def test_cuda_is_skipped_with_reason(suite, case_dir):

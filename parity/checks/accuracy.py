@@ -45,7 +45,8 @@ def check_accuracy(run: CaseRun, fmt: str, backend: str, session: "Context") -> 
     inputs, labels = run.load_data(acc.evaluation)
     if labels is None:
         return CheckResult("error", f"{case.path}: accuracy.evaluation has no labels "
-                           f"('{acc.evaluation.labels_key}' array); add them or remove the accuracy section")
+                           f"('{acc.evaluation.labels_key}' array); add them or remove the accuracy section",
+                           cause="case-error", why=f"accuracy.evaluation has no '{acc.evaluation.labels_key}' array")
     if run.eval_reference is None:  # once per case: every target is compared with the same fp32 scores
         run.eval_reference = _predict(run, inputs, lambda feed: run.run_eager(feed)[run.output_names[0]])
     reference = run.eval_reference
@@ -104,7 +105,9 @@ def check_accuracy(run: CaseRun, fmt: str, backend: str, session: "Context") -> 
                f"{100 * agreement:.2f}%, SQNR {metrics['sqnr_db']:.1f} dB, size {size / 1024:.0f} KiB"
                + (f" ({100 * metrics['size_ratio']:.0f}% of fp32 {base})" if fp32_size else ""))
     if problems:
-        return CheckResult("failed", "\n".join([summary, *[f"  {p}" for p in problems]]), metrics)
+        missing = all(p.startswith("no golden accuracy") for p in problems)
+        return CheckResult("failed", "\n".join([summary, *[f"  {p}" for p in problems]]), metrics,
+                           cause="no-golden" if missing else "accuracy", why=problems[0].split("; record it")[0])
     return CheckResult("passed", summary, metrics)
 
 

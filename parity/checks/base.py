@@ -36,18 +36,33 @@ class Context(Protocol):
 
 @dataclass
 class CheckResult:
-    """The outcome of one check of one target: a status, a message for people, metrics for machines."""
+    """The outcome of one check of one target: a status, a message for people, metrics for machines.
+
+    A result that is not passed or skipped carries a ``cause`` from the taxonomy
+    (:mod:`parity.causes`), ``why`` (one sentence: what happened here) and ``fix`` (one sentence:
+    what to do; default: the cause's generic fix).
+    """
 
     status: str
     message: str = ""
     metrics: dict = field(default_factory=dict)
+    cause: Optional[str] = None
+    why: str = ""
+    fix: str = ""
 
     def __post_init__(self) -> None:
+        from parity.causes import CAUSES
         from parity.errors import strip_ansi
 
         self.message = strip_ansi(self.message)  # colour codes from converters stay out of reports
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+        if self.cause is not None and self.cause not in CAUSES:
+            raise ValueError(f"cause must be one of {', '.join(CAUSES)}, got {self.cause!r}")
+        if self.status in ("passed", "skipped"):
+            self.cause, self.why, self.fix = None, "", ""
+        elif self.cause is not None and not self.fix:
+            self.fix = CAUSES[self.cause].fix
 
 
 class Check:
@@ -114,9 +129,42 @@ def _tolerance_lines(run: CaseRun, fmt: str, backend: str) -> str:
                      for name in run.output_names)
 
 
+def numeric_cause(rows: list[tuple[str, OutputComparison]], fmt: str) -> tuple[Optional[str], str]:
+    """(cause, why) of failed comparisons: Inf past fp16's range or values flushed to zero in a
+    reduced-precision format (precision-limit), NaN/Inf (nonfinite), a check that cannot fail
+    (vacuous), else wrong values (numerics)."""
+    failed = [(label, c) for label, c in rows if not c.passed]
+    if not failed:
+        return None, ""
+    reduced = precision(fmt) != "fp32"
+    over = [(label, c) for label, c in failed if c.overflow]
+    if over and reduced:
+        label, c = over[0]
+        return "precision-limit", (f"{c.name} at {label}: {c.overflow} value(s) beyond fp16's largest (65504) "
+                                   f"became Inf in {fmt} (overflow)")
+    nonfinite = [(label, c) for label, c in failed if c.nonfinite]
+    if nonfinite:
+        label, c = nonfinite[0]
+        return "nonfinite", f"{c.name} at {label}: {c.nonfinite} NaN/Inf value(s) where the eager model is finite"
+    flushed = [(label, c) for label, c in failed if c.underflow and c.underflow >= 0.5 * c.size]
+    if flushed and (reduced or all(c.ref_max_abs < 6.104e-05 for _, c in flushed)):
+        label, c = flushed[0]
+        return "precision-limit", (f"{c.name} at {label}: values of magnitude {c.ref_max_abs:.2g} (below fp16's "
+                                   f"smallest normal, 6.1e-05) come back as zeros from {fmt} (underflow)")
+    if all(c.vacuous and c.n_outside == 0 for _, c in failed):
+        label, c = failed[0]
+        return "vacuous", f"{c.name} at {label}: {c.problem.replace('vacuous check: ', '')}"
+    label, c = max(failed, key=lambda lc: lc[1].scaled_error)
+    return "numerics", (f"{c.name} at {label}: error {c.scaled_error:.3g} of max|reference|, cosine "
+                        f"{c.cosine:.6f}, {c.n_outside} of {c.size} elements outside tolerance")
+
+
 def verdict(title: str, rows: list[tuple[str, OutputComparison]], run: CaseRun, fmt: str, backend: str,
              metrics: dict, notes: list[str] = (), extra_problems: list[str] = (),
-             tolerance_text: str = "", extra_label: str = "learned drift threshold(s) exceeded") -> CheckResult:
+             tolerance_text: str = "", extra_label: str = "learned drift threshold(s) exceeded",
+             cause: Optional[str] = None, why: str = "", fix: str = "") -> CheckResult:
+    """The result of a check that compares outputs: passed, or failed with the table, the problems and
+    a cause (`cause`/`why`/`fix` where the check knows better than the numbers)."""
     failed = [(label, c) for label, c in rows if not c.passed]
     metrics.update(summary(rows))
     metrics["outputs"] = per_output(rows)
@@ -133,7 +181,12 @@ def verdict(title: str, rows: list[tuple[str, OutputComparison]], run: CaseRun, 
         f"{tolerance_text or _tolerance_lines(run, fmt, backend)}",
         *notes,
     ])
-    return CheckResult("failed", message, metrics)
+    found, found_why = numeric_cause(rows, fmt)
+    if cause is None:
+        cause, why = found or "numerics", why or found_why or (extra_problems[0].strip() if extra_problems else "")
+    elif found in ("nonfinite", "precision-limit") and cause in ("numerics", "drift"):
+        cause, why, fix = found, found_why, ""  # the specific reason beats the generic one
+    return CheckResult("failed", message, metrics, cause=cause, why=why or found_why, fix=fix)
 
 
 def golden_versions() -> dict[str, Any]:
@@ -165,6 +218,39 @@ def training_findings(run: CaseRun, fmt: str) -> list:
     except ExportError:  # no artefact to read: the model's findings are the hint
         pass
     return found
+
+
+#: The fix when the model reaches the exporter in training mode.
+EVAL_FIX = "call model.eval() before exporting (or return the model in eval mode from the factory)"
+#: The fix when an eval-mode model itself computes across the batch.
+MIXES_FIX = ("the model is in eval mode, so this is its own computation across the batch axis (x - x.mean(0), a "
+             "reduction over dimension 0): remove it, or accept that a sample's output depends on its batch-mates")
+
+
+def training_cause(run: CaseRun, fmt: str) -> Optional[tuple[str, str, str]]:
+    """(cause, why, fix) from the training-mode lint of the model and the artefact, or None.
+
+    BatchNorm (or any module) in training mode is ``batch-dependence`` with the fix ``model.eval()``;
+    a batch-axis reduction found only in the artefact of a model in eval mode is the model's own
+    computation (the fix is not ``model.eval()``); dropout or random ops are ``randomness``.
+    """
+    found = training_findings(run, fmt)
+    model = set(run.model_findings)
+    training = [f for f in found if f.kind in ("batchnorm-training", "training-mode")
+                and (f in model or "norm" in f.op.lower())]
+    mixes = [f for f in found if f.kind == "batchnorm-training" and f not in model and "norm" not in f.op.lower()]
+    random = [f for f in found if f.kind in ("dropout-training", "random-op")]
+    if training:
+        return ("batch-dependence", f"the model reaches the exporter in training mode ({training[0].describe()})",
+                EVAL_FIX)
+    if mixes:
+        return ("batch-dependence", f"the model mixes samples across the batch ({mixes[0].describe()})",
+                MIXES_FIX)
+    if random:
+        return ("randomness", f"a random op is active at inference ({random[0].describe()})",
+                EVAL_FIX if random[0].kind == "dropout-training" else
+                "keep random ops off the inference path (or seed them inside the model)")
+    return None
 
 
 def precision(fmt: str) -> str:

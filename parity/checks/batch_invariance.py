@@ -7,11 +7,17 @@ import numpy as np
 
 from parity.checks.base import Check, CheckResult, Context
 from parity.pipeline.run import CaseRun
-from parity.checks.base import precision, training_findings, verdict
+from parity.checks.base import EVAL_FIX, MIXES_FIX, precision, training_cause, training_findings, verdict
 from parity.compare import OutputComparison, compare_output
 from parity.errors import short_error
 
 BATCH_MATES_HINT = "outputs depend on batch-mates: batch statistics at inference — BatchNorm in training mode?"
+
+MIXES_HINT = ("outputs depend on batch-mates, and no module is in training mode: the model itself computes across "
+              "the batch axis (x - x.mean(0), a reduction over dimension 0)")
+
+PER_BATCH_QUANT_HINT = ("each batch size is a separate INT8 artefact (static shapes), calibrated and quantized on "
+                        "its own: different scales give small differences per batch size, not a batch dependence")
 
 BATCH_SIZE_HINT = ("small differences per batch size, not gross ones: kernels chosen per batch size (raise "
                    "batch_invariance.scale if this is expected for the runtime)")
@@ -101,18 +107,34 @@ def check_batch_invariance(run: CaseRun, fmt: str, backend: str, session: "Conte
         notes.append("batch sizes the artefact does not run at (skipped): " +
                      "; ".join(f"{b}: {msg}" for b, msg in unsupported.items()))
     hint = ""
+    cause: tuple = (None, "", "")
     if failed_labels:
         route = str(run.artefact_info(fmt).get("route", ""))
+        lint = training_cause(run, fmt)
+        gross = max(c.scaled_error for _, c in rows) > GROSS[precision(fmt)]
         if random:
             hint = RANDOM_HINT
+            cause = ("randomness", lint[1] if lint and lint[0] == "randomness" else
+                     "a second run of the same sample gave other outputs", lint[2] if lint else "")
         elif "dynamic" in route:
             hint = DYNAMIC_QUANT_HINT
-            if any(f.kind == "batchnorm-training" for f in training_findings(run, fmt)):
+            if lint and lint[0] == "batch-dependence" and lint[2] == EVAL_FIX:
                 hint += " Batch statistics (BatchNorm in training mode) may add to it."
-        elif max(c.scaled_error for _, c in rows) > GROSS[precision(fmt)]:
-            hint = BATCH_MATES_HINT  # far beyond what kernel choice per batch size does to fp32
+            cause = ("batch-dependence", f"the {route} route computes activation scales per batch",
+                     "use static quantization for batch-independent predictions")
+        elif gross and lint and lint[0] == "batch-dependence":
+            hint = BATCH_MATES_HINT if lint[2] == EVAL_FIX else MIXES_HINT
+            cause = lint
+        elif gross:
+            hint = MIXES_HINT  # far beyond kernel noise, and nothing is in training mode
+            cause = ("batch-dependence", "outputs depend on batch-mates while the model is in eval mode", MIXES_FIX)
+        elif precision(fmt) == "int8" and run.static_shape(fmt):
+            hint = PER_BATCH_QUANT_HINT
+            cause = ("numerics", "each batch size is its own INT8 artefact, calibrated and quantized separately",
+                     "compare INT8 artefacts with the accuracy check, or widen batch_invariance for this format")
         else:
             hint = BATCH_SIZE_HINT
+            cause = ("numerics", "small differences per batch size", "")
         suspects = [f for f in training_findings(run, fmt) if f.kind in ("batchnorm-training", "training-mode")
                     or (random and f.kind in ("dropout-training", "random-op"))]
         notes.insert(0, "likely cause: " + hint)
@@ -122,7 +144,8 @@ def check_batch_invariance(run: CaseRun, fmt: str, backend: str, session: "Conte
                "unsupported_batch_sizes": unsupported, "error_by_batch": worst, "random": random, "hint": hint,
                "tolerance": tol.model_dump()}
     return verdict(f"batch-size invariance of {fmt}/{backend} (each sample alone vs inside a batch)", rows, run,
-                    fmt, backend, metrics, notes, tolerance_text=f"all outputs: {tol.describe()} (batch_invariance)")
+                   fmt, backend, metrics, notes, tolerance_text=f"all outputs: {tol.describe()} (batch_invariance)",
+                   cause=cause[0], why=cause[1], fix=cause[2])
 
 
 class BatchInvarianceCheck(Check):

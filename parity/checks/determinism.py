@@ -51,7 +51,9 @@ def check_determinism(run: CaseRun, fmt: str, backend: str, session: "Context") 
     if random_nodes:
         lines += ["random nodes found:", *[f"  {f.describe()}" for f in random_nodes[:8]]]
     metrics["random_nodes"] = [f.as_dict() for f in random_nodes]
-    return CheckResult("failed", "\n".join(lines), metrics)
+    why = differences[0].strip() + (f"; random node {random_nodes[0].where} ({random_nodes[0].op})" if random_nodes
+                                    else "")
+    return CheckResult("failed", "\n".join(lines), metrics, cause="randomness", why=why)
 
 
 class DeterminismCheck(Check):

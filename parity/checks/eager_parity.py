@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from parity.checks.base import Check, CheckResult, Context
 from parity.pipeline.run import CaseRun
-from parity.checks.base import verdict
+from parity.checks.base import training_cause, verdict
 from parity.compare import OutputComparison, compare_outputs
 
 
@@ -32,7 +32,11 @@ def check_parity(run: CaseRun, fmt: str, backend: str, session: "Context") -> Ch
         notes.append(INT8_WITHOUT_ACCURACY)
     if info.get("wrapped"):
         notes.append(f"exported through a wrapper: {info['wrapped']}")
-    return verdict(f"parity of {fmt}/{backend} against the eager model", rows, run, fmt, backend, metrics, notes)
+    cause = training_cause(run, fmt) if any(not c.passed for _, c in rows) else None
+    if cause is not None:  # the numbers differ because the model is not what eval-mode eager computes
+        notes.insert(0, f"likely cause: {cause[1]}, while the eager reference runs in eval mode; fix: {cause[2]}")
+    return verdict(f"parity of {fmt}/{backend} against the eager model", rows, run, fmt, backend, metrics, notes,
+                   **({"cause": cause[0], "why": cause[1], "fix": cause[2]} if cause else {}))
 
 
 class ParityCheck(Check):

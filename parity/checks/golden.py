@@ -11,6 +11,45 @@ from parity.pipeline.run import CaseRun
 from parity.checks.base import golden_versions, update_command, verdict
 from parity.compare import OutputComparison, compare_outputs
 from parity.golden import key
+from parity.pipeline.cache import model_identity
+
+#: Artefact facts that vary with the machine's cache and timing, not with what the artefact computes:
+#: kept out of goldens, so a warm --update-golden rewrites nothing that did not change.
+VOLATILE = ("path", "export_s", "size_bytes", "cached", "cache_key", "isolated")
+
+
+def _refusal_cause(refused: str) -> str:
+    if "NaN/Inf" in refused:
+        return "nonfinite"
+    if "underflow" in refused:
+        return "precision-limit"
+    return "vacuous"
+
+
+def _no_golden(message: str) -> CheckResult:
+    """No usable golden for the target: the message says which and gives the command that records it."""
+    return CheckResult("failed", message, cause="no-golden", why=message.split("; ")[0].split(". Re-record")[0])
+
+
+def what_changed(run: CaseRun, target_meta: dict, reference_moved: float) -> tuple[list[str], str]:
+    """(the changes since the golden was recorded, one sentence): the model's key (factory source,
+    kwargs, seed, weights), the eager reference, and the versions of the packages that compute."""
+    changes = []
+    recorded_key = target_meta.get("model_key")
+    if recorded_key is not None and recorded_key != model_identity(run.case):
+        changes.append("the model changed (its factory source, kwargs, seed or weights)")
+    if reference_moved > 0:
+        changes.append(f"the eager reference moved by up to {reference_moved:.3g}")
+    before, now = target_meta.get("versions") or {}, golden_versions()
+    moved = [f"{k} {before[k]} -> {now[k]}" for k in sorted(set(before) & set(now)) if before[k] != now[k]]
+    moved += [f"{k} {now[k]} (new)" for k in sorted(set(now) - set(before))]
+    if moved:
+        changes.append("the environment changed: " + ", ".join(moved))
+    if not changes:
+        unknown = " (the golden predates model keys)" if recorded_key is None else ""
+        return [], ("nothing parity tracks changed (same model key, same versions)" + unknown +
+                    ": the export or runtime does not reproduce its own output")
+    return changes, "; ".join(changes)
 
 
 def _write_case_golden(run: CaseRun, session: "Context") -> None:
@@ -69,7 +108,7 @@ def _errors_vs_reference(run: CaseRun, fmt: str, backend: str) -> dict[str, dict
     return worst
 
 
-def _learned_drift(run: CaseRun, fmt: str, backend: str, recorded: dict) -> tuple[dict, list[str]]:
+def _learned_drift(run: CaseRun, fmt: str, backend: str, recorded: dict, changed: str = "") -> tuple[dict, list[str]]:
     """Compare today's error vs the reference with the error recorded with the golden.
 
     A target may still be "within tolerance" of both the eager model and its golden while having
@@ -90,8 +129,8 @@ def _learned_drift(run: CaseRun, fmt: str, backend: str, recorded: dict) -> tupl
         if err["scaled_error"] > limit:
             problems.append(f"{name}: error vs the eager reference grew from {before:.3g} (recorded with the golden) "
                             f"to {err['scaled_error']:.3g} of max|ref| now, beyond the learned limit {limit:.3g} "
-                            f"(max({tol.drift_factor:g} x recorded, floor {tol.drift_floor:g})): the export or "
-                            f"runtime became less accurate")
+                            f"(max({tol.drift_factor:g} x recorded, floor {tol.drift_floor:g})); since then: "
+                            f"{changed or 'see the golden versions'}")
     return table, problems
 
 
@@ -111,7 +150,8 @@ def check_golden(run: CaseRun, fmt: str, backend: str, session: "Context") -> Ch
         refused = _unrecordable(run, fmt, backend)
         if refused:
             return CheckResult("failed", f"golden of {case.name} {fmt}/{backend} not recorded: {refused}; nothing "
-                               "was written for this target", {"golden_refused": refused})
+                               "was written for this target", {"golden_refused": refused},
+                               cause=_refusal_cause(refused), why=refused)
         _write_case_golden(run, session)
         arrays = {key(name, b): arr for b in sizes for name, arr in run.outputs(fmt, backend, b).items()}
         errors = _errors_vs_reference(run, fmt, backend)
@@ -121,7 +161,8 @@ def check_golden(run: CaseRun, fmt: str, backend: str, session: "Context") -> Ch
             "input_fingerprint": fingerprint,
             "runner": run.runner(fmt, backend).name,
             # export time and size vary from run to run (zip timestamps): the report has them, the golden not
-            "artefact": {k: v for k, v in run.artefact_info(fmt).items() if k not in ("path", "export_s", "size_bytes")},
+            "artefact": {k: v for k, v in run.artefact_info(fmt).items() if k not in VOLATILE},
+            "model_key": model_identity(case),
             "tolerance": {n: run.tolerance_for(fmt, backend, n).model_dump() for n in run.output_names},
             "error_vs_reference": errors,
             "versions": golden_versions(),
@@ -132,21 +173,21 @@ def check_golden(run: CaseRun, fmt: str, backend: str, session: "Context") -> Ch
 
     meta = store.read_json(case.name, "meta.json")
     if meta is None:
-        return CheckResult("failed", f"no golden for case {case.name!r} in {store.case_dir(case.name)}; create it "
-                           f"with: {update_command(session, case.name)}")
+        return _no_golden(f"no golden for case {case.name!r} in {store.case_dir(case.name)}; create it "
+                          f"with: {update_command(session, case.name)}")
     if meta.get("input_fingerprint") != fingerprint:
-        return CheckResult("failed", f"the golden of {case.name!r} was recorded for another input spec (fingerprint "
-                           f"{meta.get('input_fingerprint')} vs {fingerprint} now): the case's inputs, batch sizes "
-                           f"or seed changed since. Re-record it with: {update_command(session, case.name)}")
+        return _no_golden(f"the golden of {case.name!r} was recorded for another input spec (fingerprint "
+                          f"{meta.get('input_fingerprint')} vs {fingerprint} now): the case's inputs, batch sizes "
+                          f"or seed changed since. Re-record it with: {update_command(session, case.name)}")
     target_meta = store.read_json(case.name, f"{target}.json")
     recorded = store.read_arrays(case.name, f"{target}.npz")
     if recorded is None or target_meta is None:
-        return CheckResult("failed", f"no golden for {case.name} {fmt}/{backend} "
-                           f"({store.path(case.name, target + '.npz')}); create it with: "
-                           f"{update_command(session, case.name, fmt, backend)}")
+        return _no_golden(f"no golden for {case.name} {fmt}/{backend} "
+                          f"({store.path(case.name, target + '.npz')}); create it with: "
+                          f"{update_command(session, case.name, fmt, backend)}")
     if target_meta.get("input_fingerprint") != fingerprint:
-        return CheckResult("failed", f"the golden of {case.name} {fmt}/{backend} was recorded for other inputs than "
-                           f"the case's golden inputs; re-record it with: {update_command(session, case.name, fmt, backend)}")
+        return _no_golden(f"the golden of {case.name} {fmt}/{backend} was recorded for other inputs than "
+                          f"the case's golden inputs; re-record it with: {update_command(session, case.name, fmt, backend)}")
     golden_inputs = store.read_arrays(case.name, "inputs.npz") or {}
     golden_reference = store.read_arrays(case.name, "reference.npz") or {}
 
@@ -155,15 +196,15 @@ def check_golden(run: CaseRun, fmt: str, backend: str, session: "Context") -> Ch
     for size in sizes:
         inputs = {name: arr[:size] for name, arr in golden_inputs.items()}
         if list(inputs) != list(case.inputs):
-            return CheckResult("failed", f"golden inputs of {case.name} hold {list(inputs)}, the case declares "
-                               f"{list(case.inputs)}; re-record with: {update_command(session, case.name)}")
+            return _no_golden(f"golden inputs of {case.name} hold {list(inputs)}, the case declares "
+                              f"{list(case.inputs)}; re-record with: {update_command(session, case.name)}")
         same = all(np.array_equal(inputs[n], run.inputs(size)[n]) for n in inputs)
         obtained = run.outputs(fmt, backend, size) if same else run.run_target(fmt, backend, inputs)
         expected = {name: recorded.get(key(name, size)) for name in run.output_names}
         missing = [n for n, a in expected.items() if a is None]
         if missing:
-            return CheckResult("failed", f"the golden of {case.name} {fmt}/{backend} has no {missing[0]!r} at batch "
-                               f"{size}; re-record it with: {update_command(session, case.name, fmt, backend)}")
+            return _no_golden(f"the golden of {case.name} {fmt}/{backend} has no {missing[0]!r} at batch "
+                              f"{size}; re-record it with: {update_command(session, case.name, fmt, backend)}")
         for c in compare_outputs(expected, obtained, lambda name: run.tolerance_for(fmt, backend, name)):
             rows.append((f"b{size}", c))
         eager_now = run.reference(size) if same else run.run_eager(inputs)
@@ -171,16 +212,14 @@ def check_golden(run: CaseRun, fmt: str, backend: str, session: "Context") -> Ch
             old = golden_reference.get(key(name, size))
             if old is not None and old.shape == eager_now[name].shape:
                 reference_moved = max(reference_moved, float(np.abs(old.astype(np.float64) - eager_now[name]).max()))
-    notes = []
-    if reference_moved > 0:
-        notes.append(f"note: the eager reference itself moved by up to {reference_moved:.3g} since the golden was "
-                     "recorded: the model, its weights or torch changed, not only the export")
-    drift, drift_problems = _learned_drift(run, fmt, backend, target_meta.get("error_vs_reference", {}))
+    changes, changed = what_changed(run, target_meta, reference_moved)
+    notes = [f"since the golden was recorded: {changed}"] if any(not c.passed for _, c in rows) or changes else []
+    drift, drift_problems = _learned_drift(run, fmt, backend, target_meta.get("error_vs_reference", {}), changed)
     metrics = {"runner": run.runner(fmt, backend).name, "golden": str(store.path(case.name, target + ".npz")),
                "recorded": target_meta.get("recorded"), "recorded_versions": target_meta.get("versions"),
-               "reference_moved_max_abs": reference_moved, "learned_drift": drift}
+               "reference_moved_max_abs": reference_moved, "learned_drift": drift, "changed": changes}
     return verdict(f"golden drift of {fmt}/{backend} (today vs {target}.npz)", rows, run, fmt, backend, metrics, notes,
-                    drift_problems)
+                   drift_problems, cause="drift", why=changed)
 
 
 # ---------------------------------------------------------------- frozen-graph checks

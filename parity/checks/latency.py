@@ -71,7 +71,7 @@ def check_latency(run: CaseRun, fmt: str, backend: str, session: "Context") -> C
     if over:
         return CheckResult("failed", f"latency of {fmt}/{backend} above the case's latency.max_p50_ms "
                            f"(after {spec.warmup} warm-up runs):\n  " + "\n  ".join(over)
-                           + f"\nmeasured: {summary}", metrics)
+                           + f"\nmeasured: {summary}", metrics, cause="slow", why=over[0])
     return CheckResult("passed", f"latency of {fmt}/{backend}: {summary}", metrics)
 
 

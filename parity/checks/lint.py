@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-from parity.checks.base import Check, CheckResult, Context
+from parity.checks.base import EVAL_FIX, Check, CheckResult, Context, training_cause
 from parity.pipeline.run import CaseRun
 
 
@@ -38,8 +38,9 @@ def check_lint(run: CaseRun, fmt: str, backend: str, session: "Context") -> Chec
                      "behaviour, so this artefact differs from what the model computes in its current mode")
     elif export_error:
         lines.append(f"artefact: the {fmt} export failed, so only the model was linted ({export_error})")
-    lines.append("fix: call model.eval() before exporting (or return the model in eval mode from the factory)")
-    return CheckResult("failed", "\n".join(lines), metrics)
+    cause = training_cause(run, fmt) or ("batch-dependence", lines[-1].strip(), EVAL_FIX)
+    lines.append(f"fix: {cause[2]}")
+    return CheckResult("failed", "\n".join(lines), metrics, cause=cause[0], why=cause[1], fix=cause[2])
 
 
 # ---------------------------------------------------------------- accuracy (quantization gates)

@@ -77,7 +77,9 @@ def check_shape_invariance(run: CaseRun, fmt: str, backend: str, session: "Conte
         return CheckResult("skipped", "no output to compare at any size")
     result = verdict(f"shape invariance of {fmt}/{backend} (each size of {', '.join(case.sizes)} against eager, "
                      f"batch {run.variant_batch})", rows, run, fmt, backend, metrics, notes, extra_problems=extra,
-                     extra_label="size(s) the artefact does not run at")
+                     extra_label="size(s) the artefact does not run at", cause="shape-dependence",
+                     why=(f"right at {export_label}, wrong or refused at {', '.join(sorted(failed))}" if failed
+                          else ""))
     return result
 
 

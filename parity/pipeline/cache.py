@@ -94,6 +94,18 @@ def model_key(case: Case) -> str:
     return _digest(payload)
 
 
+def model_identity(case: Case) -> str:
+    """Key of the model alone: factory, its code, kwargs, seed and weights, without inputs or versions
+    (goldens record it, so drift can say whether the model or the environment changed)."""
+    payload = {"model": case.model.model_dump(exclude={"weights"}),
+               "factory_source": source_digest(case.model.factory.partition(":")[0], [str(case.directory)])}
+    if case.model.weights:
+        h = hashlib.sha256()
+        _hash_file(h, case.resolve(case.model.weights))
+        payload["weights_sha256"] = h.hexdigest()
+    return _digest(payload)
+
+
 def export_key(case: Case, fmt: str, sizes: Optional[dict[str, int]] = None) -> str:
     """Key of an artefact: the model key, the format, how the case exports it, and for a static-shape
     format's shape variant, the sizes it was exported at."""

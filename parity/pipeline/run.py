@@ -24,7 +24,8 @@ import numpy as np
 from parity import tolerance
 from parity.artefact import Artefact, Expected
 from parity.case import Case, load_object
-from parity.errors import BackendUnavailable, CaseError, ExportError, RunnerError, export_hint, short_error
+from parity.errors import (BackendUnavailable, CaseError, ExportError, ReferenceFailed, RunnerError, export_hint,
+                           short_error)
 from parity.formats import FORMATS
 from parity.outputs import dotted, has_names
 from parity.pipeline.inputs import batch, make_pool
@@ -208,7 +209,7 @@ class CaseRun:
                         "findings": [Finding(**f) for f in meta["findings"]], "cached": True}
             eager = self.eager  # builds the model (timed apart as build_model_s)
             start = time.perf_counter()
-            raw = {size: self.framework.run_eager(eager, self.inputs(size)) for size in self.case.batch_sizes}
+            raw = {size: self._eager_or_fail(eager, self.inputs(size)) for size in self.case.batch_sizes}
             paths = [p for p, _ in raw[min(raw)]]
             names, selected = self._select(paths)
             reference = {size: dict(zip(names, self._pick(found, selected))) for size, found in raw.items()}
@@ -223,6 +224,15 @@ class CaseRun:
                                                    for n, a in out.items()})
                 (tmp / "meta.json").write_text(json.dumps({**meta, "findings": [f.as_dict() for f in findings]}))
             return {**meta, "output_paths": selected, "reference": reference, "findings": findings, "cached": False}
+
+    def _eager_or_fail(self, eager, inputs: dict[str, np.ndarray]):
+        """The eager model's outputs on `inputs`; ReferenceFailed naming the factory and the call if it raises."""
+        try:
+            return self.framework.run_eager(eager, inputs)
+        except Exception as e:
+            call = ", ".join(f"{n}: {a.dtype}[{', '.join(map(str, a.shape))}]" for n, a in inputs.items())
+            raise ReferenceFailed(f"the eager model from {self.case.model.factory} raised when called with ({call}): "
+                                  f"{short_error(e, 4)}") from None
 
     def _select(self, paths: list[tuple]) -> tuple[list[str], list[tuple]]:
         """(the case's output names, the key path of each) for the outputs the case compares.
@@ -554,7 +564,8 @@ class CaseRun:
                 raise
             except Exception as e:
                 self._runners[k] = RunnerError(f"the {fmt} export succeeded, but {runner_cls.__name__} on {backend} "
-                                               f"could not load {artefact.path.name}: {short_error(e)}")
+                                               f"could not load {artefact.path.name}: {short_error(e)}",
+                                               "unsupported" if isinstance(e, NotImplementedError) else "load-failed")
         found = self._runners[k]
         if isinstance(found, BaseException):
             raise found

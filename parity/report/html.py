@@ -19,6 +19,8 @@ import math
 from datetime import datetime, timezone
 from html import escape
 
+from parity.causes import severity
+from parity.report.findings import cause_of, group
 from parity.report import svg
 from parity.report.environment import one_line
 from parity.report.run import Run, fmt_bytes, fmt_error, number, outcome, target_id
@@ -44,6 +46,9 @@ pre{background:#f6f8fa;border:1px solid #d0d7de;padding:8px;overflow-x:auto;font
 .target{border-left:4px solid #ccc;padding-left:12px;margin:16px 0}
 td a,td a:visited{color:inherit}.check{white-space:nowrap}
 .matrix{overflow-x:auto;max-width:100%}.matrix tr>th:first-child{position:sticky;left:0;z-index:1}
+.finding{border-left:4px solid #cf222e;padding:4px 12px;margin:10px 0;background:#fff8f8}
+.finding .cause{font-weight:600;font-family:ui-monospace,monospace}.finding .fix{color:#1a7f37}
+.finding .tests{font-size:12px;color:#57606a}
 """
 
 
@@ -174,13 +179,34 @@ def _target(record: dict) -> str:
     o = outcome(record)
     plots = [*_profile_plots(record), *_batch_plots(record), *_accuracy_plots(record)]
     parts = [f'<div class="target" id="{_anchor(record)}" style="border-color:{BADGES.get(o, "#ccc")}">',
-             f"<h3>{_badge(o)} {escape(target_id(record))}</h3>",
-             _scalars(record.get("metrics", {}))]
+             f"<h3>{_badge(o)} {escape(target_id(record))}</h3>"]
+    if record.get("cause") and o in ("failed", "error", "xfailed"):
+        parts.append(f'<p><span class="cause">{escape(record["cause"])}</span>: {escape(record.get("why") or "")}'
+                     f'{"<br>fix: " + escape(record["fix"]) if record.get("fix") else ""}</p>')
+    parts.append(_scalars(record.get("metrics", {})))
     if record.get("message"):
         parts.append(f"<pre>{escape(record['message'])}</pre>")
     if plots:
         parts.append(f'<div class="plots">{"".join(plots)}</div>')
     parts.append("</div>")
+    return "\n".join(parts)
+
+
+def _findings(run: Run, anchors: set[str]) -> str:
+    """Each cause once, most severe first, with the tests it explains (linked to their details)."""
+    found = group(run.records)
+    if not found:
+        return ""
+    by_id = {target_id(r): _anchor(r) for r in run.records}
+    parts = [f"<h2>Findings ({len(found)} cause{'s' if len(found) != 1 else ''}, most severe first)</h2>"]
+    for f in found:
+        tests = ", ".join(f'<a href="#{by_id[t]}">{escape(t)}</a>' if by_id.get(t) in anchors else escape(t)
+                          for t in f.tests)
+        parts.append(f'<div class="finding"><div><span class="cause">{escape(f.cause)}</span> '
+                     f"<b>{escape(f.where)}</b>: {escape(f.why)}</div>"
+                     f'<div class="sub">{escape(f.meaning)}</div>'
+                     f'<div class="fix">fix: {escape(f.fix)}</div>'
+                     f'<div class="tests">explains {escape(f.explains())}: {tests}</div></div>')
     return "\n".join(parts)
 
 
@@ -234,7 +260,7 @@ def _environment(run: Run) -> str:
 def render(run: Run, title: str = "parity report") -> str:
     """The whole page as a string."""
     info = run.info
-    detailed = [*run.problems(), *run.drifting()]
+    detailed = [*sorted(run.problems(), key=lambda r: (severity(cause_of(r)), target_id(r))), *run.drifting()]
     anchors = {_anchor(r) for r in detailed}
     counts = " ".join(f"{_badge(o)}{n}" for o, n in run.counts.items()) or "no tests ran"
     when = info.get("finished") or datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -252,6 +278,7 @@ def render(run: Run, title: str = "parity report") -> str:
         f"<h1>{escape(title)}</h1>", f'<div class="sub">{meta}</div>',
         f'<div class="sub">{escape(one_line(run.environment))}</div>',
         f"<p>{counts}</p>",
+        _findings(run, anchors),
         "<h2>Matrix</h2>", _matrix(run, anchors),
     ]
     if detailed:

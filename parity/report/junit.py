@@ -8,7 +8,7 @@ the JSON. The failure message is not repeated: JUnit has it in the test's ``<fai
 from __future__ import annotations
 
 #: Record fields that become properties as they are (the rest of the record is `metrics`).
-FIELDS = ("case", "format", "backend", "check", "status", "duration_s", "xfail")
+FIELDS = ("case", "format", "backend", "check", "status", "cause", "why", "fix", "duration_s", "xfail")
 #: Keys never flattened: bulky or repeated elsewhere.
 SKIP = ("profile", "tolerance", "path", "golden", "recorded_versions", "warnings", "name")
 

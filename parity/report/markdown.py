@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from parity.report.environment import one_line
+from parity.causes import severity
+from parity.report.findings import cause_of, group
 from parity.report.run import Cell, Run, fmt_bytes, fmt_error, outcome, target_id
 
 ICONS = {"passed": "✅", "drifting": "⚠️", "failed": "❌", "error": "💥", "xpassed": "❗", "xfailed": "✖️",
@@ -58,6 +60,12 @@ def render(run: Run, title: str = "parity") -> str:
     counts = run.counts
     out.append(" · ".join(f"{ICONS[o]} {n} {o}" for o, n in counts.items()) or "no tests ran")
     out += ["", f"<sub>{one_line(run.environment)}</sub>", ""]
+    findings = group(run.records)
+    if findings:
+        out += [f"### Findings ({len(findings)} cause{'s' if len(findings) != 1 else ''}, most severe first)", ""]
+        for f in findings:
+            out.append(f"- **{f.cause}** `{f.where}`: {f.why}  \n  explains {f.explains()}  \n  fix: {f.fix}")
+        out.append("")
     header, rows = matrix_rows(run)
     out += _table(header, rows)
     out += ["", "Cells: outcome, the checks at fault, and the worst error as a share of the output's largest "
@@ -82,7 +90,7 @@ def render(run: Run, title: str = "parity") -> str:
         out += _table(["case", "format", "source", "size", "export s"], art_rows)
         out.append("")
 
-    problems = run.problems()
+    problems = sorted(run.problems(), key=lambda r: severity(cause_of(r)))  # in the findings' order
     if problems:
         out += [f"### Failures ({len(problems)})", ""]
         for r in problems:

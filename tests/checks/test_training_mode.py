@@ -122,3 +122,32 @@ def test_determinism_tolerance_per_backend_is_honoured(case_dir, tmp_path):
     result = Session(tmp_path / "b", tmp_path / "g").run_check(load_case(write_case(case_dir, "r", body)),
                                                                "onnx", "cpu", "determinism")
     assert result.status == "passed" and not result.metrics["bitwise"]
+
+
+#: The cause every failure of a planted bug must carry (parity.causes), whichever check saw it.
+CAUSE = {"bn_train": "batch-dependence", "dropout_train": "randomness", "batch_coupled": "batch-dependence",
+         "random_op": "randomness"}
+
+
+@pytest.mark.parametrize("bug", list(CAUSE))
+def test_every_failure_of_a_planted_bug_names_its_cause(detection, bug):
+    for fmt in FORMATS:
+        for check in EXPECTED[bug][fmt]:
+            result = detection[(bug, fmt, check)]
+            assert result.cause == CAUSE[bug], (fmt, check, result.cause, result.why)
+            assert result.why and result.fix, (fmt, check)
+    for fmt in FORMATS:  # and the clean model's results carry none
+        assert all(detection[("small", fmt, c)].cause is None for c in CHECKS)
+
+
+def test_the_parity_failure_of_a_training_mode_model_says_so_itself(detection):
+    result = detection[("bn_train", "torchscript", "parity")]
+    assert "likely cause: the model reaches the exporter in training mode" in result.message
+    assert "call model.eval()" in result.fix
+
+
+def test_an_eval_mode_model_that_mixes_samples_is_not_told_to_call_eval(detection):
+    result = detection[("batch_coupled", "onnx", "batch_invariance")]
+    assert "BatchNorm" not in result.message and "model.eval()" not in result.message + result.fix
+    assert "no module is in training mode" in result.message
+    assert "computation across the batch axis" in result.fix
