@@ -124,6 +124,8 @@ def _progress_plugin(stream):
             self.failed = 0
             self.bar = None
             self.run = None  # the parity.report.Run the plugin's reporter built
+            self.written: list[str] = []
+            self.problems: list[str] = []
 
         def pytest_collection_finish(self, session) -> None:
             if session.items:
@@ -166,6 +168,8 @@ def _progress_plugin(stream):
                 self.bar.close()
             reporter = session.config.pluginmanager.get_plugin("parity-reporter")
             self.run = getattr(reporter, "run", None)
+            self.written = list(getattr(reporter, "written", []))  # what the reporter actually wrote
+            self.problems = list(getattr(reporter, "problems", []))
 
     return Progress()
 
@@ -200,24 +204,27 @@ def run_suite(args: argparse.Namespace, passthrough: list[str], update_golden: b
         captured = buffer.getvalue()
     code = int(code)
     run = progress.run
-    if code not in (0, 1) or run is None:
+    unwritten = code == 3 and run is not None and progress.problems  # the suite ran; a report could not be written
+    if (code not in (0, 1) and not unwritten) or run is None:
         if captured:
             print(captured.rstrip())
         why = {2: "interrupted (collection errors?)", 3: "internal error", 4: "usage error",
                5: "no test selected (check -k and --cases)"}.get(code, f"pytest exit code {code}")
         print(f"parity: pytest did not run the suite: {why}", file=sys.stderr)
         return USAGE
-    _print_run(run, args)
-    if run.case_errors:
+    _print_run(run, args, progress.written, progress.problems)
+    if run.case_errors or unwritten:
         return USAGE
     return FAILED if code == 1 or run.failed else OK
 
 
-def _print_run(run, args: argparse.Namespace) -> None:
+def _print_run(run, args: argparse.Namespace, written: list[str] = (), problems: list[str] = ()) -> None:
+    from parity.causes import severity
+    from parity.report.findings import cause_of, group
     from parity.report.markdown import render_text
     from parity.report.run import outcome, target_id
 
-    for record in run.problems():
+    for record in sorted(run.problems(), key=lambda r: severity(cause_of(r))):
         lines = (record.get("message") or "").splitlines()
         shown = lines[:MESSAGE_LINES] + ([f"... ({len(lines) - MESSAGE_LINES} more lines in the report)"]
                                          if len(lines) > MESSAGE_LINES else [])
@@ -225,10 +232,17 @@ def _print_run(run, args: argparse.Namespace) -> None:
         print("\n".join(f"    {line}" for line in shown))
     print()
     print(render_text(run), end="")
-    written = [f"{name} {path}" for name, path in (("report", args.report), ("summary", args.markdown),
-                                                    ("html", args.html), ("junit", args.junitxml)) if path]
+    findings = group(run.records)
+    if findings:
+        print(f"findings: {len(findings)} cause(s), most severe first")
+        for f in findings:
+            print(f"  {f.line()}")
+    if args.junitxml:
+        written = [*written, f"junit: {args.junitxml}"]  # pytest's own plugin writes it
     if written:
         print("wrote " + ", ".join(written))
+    for problem in problems:
+        print(f"parity: could not write {problem}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- report, diff

@@ -75,6 +75,16 @@ def short_error(exc: BaseException, lines: int = 8) -> str:
     return "\n".join(cut)
 
 
+#: What runtimes say when they have no kernel for an op (onnxruntime's NOT_IMPLEMENTED, for one).
+_NO_KERNEL = re.compile(r"NOT_IMPLEMENTED|Could not find an implementation for|no kernel for", re.IGNORECASE)
+
+
+def missing_kernel(exc: BaseException) -> bool:
+    """Whether `exc` says a runtime or evaluator lacks a kernel (a documented limit, not a broken file)."""
+    return isinstance(exc, NotImplementedError) or type(exc).__name__ == "NotImplemented" or \
+        bool(_NO_KERNEL.search(str(exc)))
+
+
 #: What exporters say when a model's control flow or shapes depend on its input values.
 _DATA_DEPENDENT = re.compile(r"GuardOnDataDependentSymNode|data-dependent|data dependent|torchvision::nms|"
                              r"Could not extract specialized integer|nonzero|unbacked", re.IGNORECASE)

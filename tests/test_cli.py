@@ -63,7 +63,8 @@ def test_run_shows_progress_and_matrix_and_exits_0(two_runs, project):
     header = next(i for i, line in enumerate(lines) if line.startswith("case "))
     assert lines[header].split() == ["case", "torchscript/cpu", "onnx/cpu"]
     assert lines[header + 2].split()[:2] == ["small", "ok"]
-    assert "parity: 4 passed" in first.stdout and "wrote report old.json" in first.stdout
+    assert "parity: 4 passed" in first.stdout and "wrote report: " in first.stdout
+    assert f"report: {project / 'old.json'}" in first.stdout  # what the reporter wrote, not what was asked
     records = json.loads((project / "old.json").read_text())
     assert len(records) == 4 and (project / "old.run.json").is_file()
     assert (project / "new.html").read_text().startswith("<!DOCTYPE html>")
@@ -125,3 +126,12 @@ def test_usage_and_case_errors_exit_2(tmp_path):
     assert "ERROR typo-case-error" in done.stdout and "did you mean 'batch_sizes'" in done.stdout
     none = parity(tmp_path, "run", "-k", "no_such_target")
     assert none.returncode == 2 and "no test selected" in none.stderr
+
+
+def test_run_says_wrote_only_what_it_wrote(project):
+    """An HTML path that cannot be written (a directory) is reported, never listed as written."""
+    (project / "taken").mkdir(exist_ok=True)
+    done = parity(project, "run", "--report", "ok.json", "--html", "taken", "-k", "torchscript")
+    assert f"report: {project / 'ok.json'}" in done.stdout, _show(done)
+    assert "html:" not in done.stdout
+    assert f"could not write --parity-html {project / 'taken'}" in done.stderr, _show(done)

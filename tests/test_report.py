@@ -21,7 +21,7 @@ import pytest
 from conftest import MODELS, SMALL_CASE, write_case
 from parity.report import html, junit, load, markdown, svg
 from parity.report.diff import Thresholds, diff
-from parity.report.run import Run, outcome, run_path
+from parity.report.run import Run, outcome, run_path, target_id
 
 ROOT = Path(__file__).parents[1]
 TEST_FILE = str(ROOT / "parity" / "test_parity.py")
@@ -287,3 +287,46 @@ def test_matrix_lists_checks_in_registry_order_whatever_order_they_finished():
     assert page.index('"check">parity ') < page.index('"check">golden ') < page.index('"check">determinism ')
     assert '<div class="matrix">' in page  # wide matrices scroll inside their box, not the page
     assert Run([_rec("b", "onnx", "parity"), _rec("a", "onnx", "parity")]).matrix()[0] == ["a", "b"]
+
+
+def test_matrix_of_many_formats_is_split_by_family_never_wider_than_six_targets():
+    from parity.report.html import MATRIX_COLUMNS, column_groups
+
+    columns = [f"{f}/{b}" for f in ("torchscript", "torchscript_int8", "onnx", "onnx_int8", "pt2", "pt2_int8",
+                                    "tflite", "tflite_int8", "coreml", "coreml_fp16", "coreml_int8", "savedmodel")
+               for b in ("cpu", "cuda")]
+    tables = column_groups(columns)
+    assert [c for t in tables for c in t] == columns  # every column once, in order
+    assert all(len(t) <= MATRIX_COLUMNS for t in tables)
+    assert ["onnx/cpu", "onnx/cuda", "onnx_int8/cpu", "onnx_int8/cuda"] in tables  # a family stays together
+    records = [_rec("a", c.split("/")[0], "parity") | {"backend": c.split("/")[1]} for c in columns]
+    run = Run(records)
+    page = html.render(run)
+    assert page.count('<div class="matrix"><table>') == len(column_groups(run.matrix()[1]))  # registry order
+
+
+def test_every_record_the_json_can_hold_renders():
+    """Every status, cause and check (failing lint with lists, xfail, error, skip, a case file error)."""
+    from parity.causes import ORDER
+    from parity.checks import CHECKS
+
+    finding = {"kind": "batchnorm-training", "where": "bn", "op": "BatchNorm2d", "module": None, "detail": "x"}
+    records = []
+    for i, check in enumerate(CHECKS):
+        for status in ("passed", "failed", "error", "skipped"):
+            r = _rec(f"c{i}", "onnx", check, status=status, scaled_error="inf" if status == "failed" else 1e-7)
+            if check == "lint":
+                r = {**r, "backend": None, "metrics": {"model": [finding], "artefact": [finding]}}
+            if status in ("failed", "error"):
+                r.update(cause=ORDER[(i * 2 + (status == "error")) % len(ORDER)], why="because", fix="do this")
+            records.append(r)
+        records.append({**_rec(f"c{i}", "pt2", check, status="failed"), "xfail": "known", "cause": "unsupported"})
+    records.append({"case": "typo", "format": None, "backend": None, "check": "load", "status": "error",
+                    "message": "cases/typo.yaml: x: unknown field", "metrics": {}, "cause": "case-error"})
+    run = Run(records)
+    page, text = html.render(run), markdown.render(run)
+    for r in records:
+        if outcome(r) in ("failed", "error"):
+            assert target_id(r) in page and target_id(r) in text
+    assert page.index("<h2>Findings") < page.index("<h2>Matrix</h2>")
+    assert "case-error" in page and "typo" in page

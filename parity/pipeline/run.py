@@ -25,7 +25,7 @@ from parity import tolerance
 from parity.artefact import Artefact, Expected
 from parity.case import Case, load_object
 from parity.errors import (BackendUnavailable, CaseError, ExportError, ReferenceFailed, RunnerError, export_hint,
-                           short_error)
+                           missing_kernel, short_error)
 from parity.formats import FORMATS
 from parity.outputs import dotted, has_names
 from parity.pipeline.inputs import batch, make_pool
@@ -565,7 +565,7 @@ class CaseRun:
             except Exception as e:
                 self._runners[k] = RunnerError(f"the {fmt} export succeeded, but {runner_cls.__name__} on {backend} "
                                                f"could not load {artefact.path.name}: {short_error(e)}",
-                                               "unsupported" if isinstance(e, NotImplementedError) else "load-failed")
+                                               "unsupported" if missing_kernel(e) else "load-failed")
         found = self._runners[k]
         if isinstance(found, BaseException):
             raise found

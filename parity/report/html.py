@@ -60,12 +60,50 @@ def _anchor(record: dict) -> str:
     return "t-" + "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in target_id(record))
 
 
+#: Target columns per matrix table: wider runs get one table per group of format families, so the
+#: page never scrolls sideways (12 formats x their backends would be ~30 columns).
+MATRIX_COLUMNS = 6
+
+
+def column_groups(columns: list[str], width: int = MATRIX_COLUMNS) -> list[list[str]]:
+    """Columns packed into tables of at most `width`, a format family (onnx, onnx_int8) kept together
+    where it fits, in the given order."""
+    families: list[list[str]] = []
+    for c in columns:
+        family = c.split("/")[0].split("_")[0]
+        if families and families[-1][0].split("/")[0].split("_")[0] == family:
+            families[-1].append(c)
+        else:
+            families.append([c])
+    tables: list[list[str]] = []
+    for fam in families:
+        while fam:
+            room = width - len(tables[-1]) if tables else 0
+            if tables and len(fam) <= room:
+                tables[-1] += fam
+                fam = []
+            else:
+                tables.append(fam[:width])
+                fam = fam[width:]
+    return tables or [[]]
+
+
 def _matrix(run: Run, detailed: set[str]) -> str:
     cases, columns, cells = run.matrix()
+    tables = [_matrix_table(run, detailed, cases, group, cells) for group in column_groups(columns)]
+    return ("\n".join(tables) +
+            '<p class="sub">Each check: outcome and worst error as a share of the output\'s largest magnitude '
+            "(err/max|ref|), or p50 latency per batch size. <i>drifting</i>: passed, but an output used at least "
+            "half its tolerance.</p>")
+
+
+def _matrix_table(run: Run, detailed: set[str], cases: list[str], columns: list[str], cells: dict) -> str:
     errors = {r["case"]: r for r in run.case_errors}
     head = "".join(f"<th>{escape(c)}</th>" for c in columns) or "<th>result</th>"
     rows = []
     for case in cases:
+        if case not in errors and columns and not any((case, c) in cells for c in columns):
+            continue  # no target of this case in this table's formats
         tds = []
         if case in errors and not any((case, c) in cells for c in columns):
             r = errors[case]
@@ -89,10 +127,7 @@ def _matrix(run: Run, detailed: set[str]) -> str:
                 lines.append(f'<div class="check">{name} {_badge(o)}{escape(figure)}</div>')
             tds.append(f'<td style="background:{COLOURS[cell.outcome]}">{"".join(lines)}</td>')
         rows.append(f"<tr><th>{escape(case)}</th>{''.join(tds)}</tr>")
-    return (f'<div class="matrix"><table><tr><th>case</th>{head}</tr>{"".join(rows)}</table></div>'
-            '<p class="sub">Each check: outcome and worst error as a share of the output\'s largest magnitude '
-            "(err/max|ref|), or p50 latency per batch size. <i>drifting</i>: passed, but an output used at least "
-            "half its tolerance.</p>")
+    return f'<div class="matrix"><table><tr><th>case</th>{head}</tr>{"".join(rows)}</table></div>'
 
 
 def _profile_plots(record: dict) -> list[str]:

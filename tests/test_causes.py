@@ -1,0 +1,160 @@
+"""The failure taxonomy and one finding per cause, end to end: a run with a model in training mode
+(failing lint), a NaN export, an fp16-underflow model, a missing runtime kernel and a failed export.
+Each failure carries the right cause; the reports lead with one finding per cause, most severe
+first; the HTML shows the findings before the matrix (rendered in headless Chromium where present)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import MODELS, SMALL_CASE, write_case
+from parity.causes import CAUSES, ORDER, severity
+from parity.checks.base import CheckResult
+from parity.report import load
+from parity.report.findings import group
+
+ROOT = Path(__file__).parents[1]
+TEST_FILE = str(ROOT / "parity" / "test_parity.py")
+
+PLANTED = '''
+import torch
+from torch import nn
+
+
+def nan_export(model, example_inputs, path):
+    """An ONNX export whose logits are NaN."""
+    with torch.no_grad():
+        model.fc.bias.fill_(float("nan"))
+    torch.onnx.export(model.eval(), example_inputs, str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "b"}})
+
+
+class _Half(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x).half().float()  # what an fp16 program returns for outputs of 1e-13
+
+
+def half_export(model, example_inputs, path):
+    torch.jit.save(torch.jit.trace(_Half(model.eval()), example_inputs, check_trace=False), str(path))
+
+
+def broken_export(model, example_inputs, path):
+    raise RuntimeError("converter: unsupported layer 'Frobnicate' at model.head")
+
+
+def double_gelu():
+    """A float64 model with an exact GELU: onnxruntime has no Erf kernel for doubles."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 4), nn.GELU()).double().eval()
+'''
+
+#: case -> (case file body, the cause its failures must carry)
+CASES = {
+    "trained": (SMALL_CASE.replace("models:small", "models:bn_train").replace("[torchscript, onnx]", "[torchscript]")
+                + "checks: [parity, batch_invariance, lint]\n", "batch-dependence"),
+    "nan": (SMALL_CASE.replace("[torchscript, onnx]", "[onnx]")
+            + "checks: [parity]\nexport:\n  onnx: {function: 'planted:nan_export'}\n", "nonfinite"),
+    "tiny": (SMALL_CASE.replace("models:small", "models:tiny_outputs").replace("[torchscript, onnx]", "[torchscript]")
+             + "checks: [parity]\nexport:\n  torchscript: {function: 'planted:half_export'}\n", "precision-limit"),
+    "kernel": ("model: {factory: 'planted:double_gelu'}\ninputs: {x: {shape: [6], dtype: float64}}\n"
+               "formats: [onnx]\nbackends: [cpu]\nchecks: [parity]\n", "unsupported"),
+    "broken": (SMALL_CASE.replace("[torchscript, onnx]", "[onnx]")
+               + "checks: [parity, batch_invariance]\nexport:\n  onnx: {function: 'planted:broken_export'}\n",
+               "export-failed"),
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("causes")
+    cases = d / "cases"
+    cases.mkdir()
+    (cases / "models.py").write_text(MODELS, encoding="utf-8")
+    (cases / "planted.py").write_text(PLANTED, encoding="utf-8")
+    for name, (body, _) in CASES.items():
+        write_case(cases, name, body)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", TEST_FILE, "-p", "no:cacheprovider", "--cases", str(cases),
+         "--golden", str(d / "golden"), "--parity-build", str(d / "build"), "--parity-report", str(d / "r.json"),
+         "--parity-summary", str(d / "s.md"), "--parity-html", str(d / "r.html")],
+        cwd=d, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return d, proc, load(d / "r.json")
+
+
+def test_every_failure_carries_the_cause_of_its_planted_bug(run):
+    _, _, report = run
+    for record in report.records:
+        if record["status"] in ("failed", "error"):
+            assert record.get("cause") == CASES[record["case"]][1], (record["case"], record["check"], record.get("why"))
+            assert record.get("why") and record.get("fix")
+    by_case = {r["case"]: r for r in report.records if r["check"] == "parity"}
+    assert "underflow" in by_case["tiny"]["why"] and "e-14" in by_case["tiny"]["why"]
+    assert "NaN/Inf" in by_case["nan"]["why"]
+    assert "Erf" in by_case["kernel"]["why"]
+    assert "Frobnicate" in by_case["broken"]["why"]
+    assert "training mode" in by_case["trained"]["why"] and "model.eval()" in by_case["trained"]["fix"]
+
+
+def test_one_finding_per_cause_most_severe_first(run):
+    _, proc, report = run
+    findings = group(report.records)
+    assert [f.cause for f in findings] == sorted((c for _, c in CASES.values()), key=severity)
+    trained = findings[0]
+    assert trained.cause == "batch-dependence" and trained.case == "trained"
+    assert trained.checks == {"parity": 1, "batch_invariance": 1, "lint": 1}  # three tests, one cause
+    broken = next(f for f in findings if f.cause == "export-failed")
+    assert broken.checks == {"parity": 1, "batch_invariance": 1} and broken.format == "onnx"
+    out = proc.stdout
+    assert "parity findings: 5 cause(s), most severe first" in out
+    lines = [line for line in out.splitlines() if line.startswith("[")]
+    assert [line.split("]")[0][1:] for line in lines] == [f.cause for f in findings]
+    assert "explains 3 tests: parity, batch_invariance, lint" in lines[0]
+
+
+def test_markdown_and_html_lead_with_the_findings(run):
+    d, _, _ = run
+    summary = (d / "s.md").read_text()
+    assert summary.index("### Findings (5 causes") < summary.index("| case |")
+    assert summary.index("**batch-dependence**") < summary.index("**export-failed**") < \
+        summary.index("**nonfinite**") < summary.index("**precision-limit**") < summary.index("**unsupported**")
+    page = (d / "r.html").read_text()
+    assert page.index("<h2>Findings (5 causes") < page.index("<h2>Matrix</h2>")
+    assert page.index('class="cause">batch-dependence') < page.index('class="cause">unsupported')
+    assert 'href="#t-trained-torchscript-lint"' in page  # each test the finding explains links to its details
+
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian: apt-get install chromium)")
+def test_the_html_of_a_failing_run_renders_findings_first_in_chromium(run, tmp_path):
+    d, _, _ = run
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          f"--user-data-dir={tmp_path / 'p'}", "--dump-dom", (d / "r.html").as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    text = dom.stdout
+    assert text.index("Findings (5 causes") < text.index(">Matrix<")
+    for cause in ("batch-dependence", "export-failed", "nonfinite", "precision-limit", "unsupported"):
+        assert f'class="cause">{cause}' in text
+
+
+def test_the_taxonomy_is_complete_and_results_are_checked_against_it():
+    assert ORDER[0] == "case-error" and len(ORDER) == len(set(ORDER))
+    assert all(c.meaning and c.fix and c.scope in ("case", "format") for c in CAUSES.values())
+    with pytest.raises(ValueError, match="cause must be one of"):
+        CheckResult("failed", "x", cause="bogus")
+    assert CheckResult("failed", "x", cause="drift").fix == CAUSES["drift"].fix  # the generic fix by default
+    assert CheckResult("passed", "x", cause="drift").cause is None  # a pass has no cause
