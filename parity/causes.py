@@ -74,10 +74,3 @@ def severity(name: str | None) -> int:
     """Position in the reporting order (unknown or missing causes last)."""
     return ORDER.index(name) if name in CAUSES else len(ORDER)
 
-
-def describe(name: str) -> Cause:
-    """The cause called `name` (KeyError naming the known ones otherwise)."""
-    try:
-        return CAUSES[name]
-    except KeyError:
-        raise KeyError(f"unknown cause {name!r}; known: {', '.join(ORDER)}") from None

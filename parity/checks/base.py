@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 import numpy as np
 
-from parity.compare import OutputComparison, format_table, min_cosine
+from parity.compare import FP16_MAX, FP16_TINY, OutputComparison, format_table, min_cosine
 from parity.formats import FORMATS
 from parity.pipeline.run import CaseRun
 
@@ -140,17 +140,17 @@ def numeric_cause(rows: list[tuple[str, OutputComparison]], fmt: str) -> tuple[O
     over = [(label, c) for label, c in failed if c.overflow]
     if over and reduced:
         label, c = over[0]
-        return "precision-limit", (f"{c.name} at {label}: {c.overflow} value(s) beyond fp16's largest (65504) "
+        return "precision-limit", (f"{c.name} at {label}: {c.overflow} value(s) beyond fp16's largest ({FP16_MAX:g}) "
                                    f"became Inf in {fmt} (overflow)")
     nonfinite = [(label, c) for label, c in failed if c.nonfinite]
     if nonfinite:
         label, c = nonfinite[0]
         return "nonfinite", f"{c.name} at {label}: {c.nonfinite} NaN/Inf value(s) where the eager model is finite"
     flushed = [(label, c) for label, c in failed if c.underflow and c.underflow >= 0.5 * c.size]
-    if flushed and (reduced or all(c.ref_max_abs < 6.104e-05 for _, c in flushed)):
+    if flushed and (reduced or all(c.ref_max_abs < FP16_TINY for _, c in flushed)):
         label, c = flushed[0]
         return "precision-limit", (f"{c.name} at {label}: values of magnitude {c.ref_max_abs:.2g} (below fp16's "
-                                   f"smallest normal, 6.1e-05) come back as zeros from {fmt} (underflow)")
+                                   f"smallest normal, {FP16_TINY:.2g}) come back as zeros from {fmt} (underflow)")
     if all(c.vacuous and c.n_outside == 0 for _, c in failed):
         label, c = failed[0]
         return "vacuous", f"{c.name} at {label}: {c.problem.replace('vacuous check: ', '')}"

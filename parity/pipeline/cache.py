@@ -88,10 +88,14 @@ def model_key(case: Case) -> str:
     if case.sizes:  # the shape variants' references are stored under this key too
         payload["shape_variants"] = case.shape_variants()
     if case.model.weights:
-        h = hashlib.sha256()
-        _hash_file(h, case.resolve(case.model.weights))
-        payload["weights_sha256"] = h.hexdigest()
+        payload["weights_sha256"] = _weights_sha256(case)
     return _digest(payload)
+
+
+def _weights_sha256(case: Case) -> str:
+    h = hashlib.sha256()
+    _hash_file(h, case.resolve(case.model.weights))
+    return h.hexdigest()
 
 
 def model_identity(case: Case) -> str:
@@ -100,9 +104,7 @@ def model_identity(case: Case) -> str:
     payload = {"model": case.model.model_dump(exclude={"weights"}),
                "factory_source": source_digest(case.model.factory.partition(":")[0], [str(case.directory)])}
     if case.model.weights:
-        h = hashlib.sha256()
-        _hash_file(h, case.resolve(case.model.weights))
-        payload["weights_sha256"] = h.hexdigest()
+        payload["weights_sha256"] = _weights_sha256(case)
     return _digest(payload)
 
 

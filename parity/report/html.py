@@ -47,7 +47,7 @@ pre{background:#f6f8fa;border:1px solid #d0d7de;padding:8px;overflow-x:auto;font
 td a,td a:visited{color:inherit}.check{white-space:nowrap}
 .matrix{overflow-x:auto;max-width:100%}.matrix tr>th:first-child{position:sticky;left:0;z-index:1}
 .finding{border-left:4px solid #cf222e;padding:4px 12px;margin:10px 0;background:#fff8f8}
-.finding .cause{font-weight:600;font-family:ui-monospace,monospace}.finding .fix{color:#1a7f37}
+.cause{font-weight:600;font-family:ui-monospace,monospace}.finding .fix{color:#1a7f37}
 .finding .tests{font-size:12px;color:#57606a}
 """
 

@@ -227,15 +227,6 @@ def test_a_prebuilt_artefact_with_other_output_names_needs_a_mapping(cases, tmp_
     import numpy as np
     import torch
 
-    class Reversed(torch.nn.Module):
-        def __init__(self, heads):
-            super().__init__()
-            self.m = heads
-
-        def forward(self, x):
-            out = self.m(x)
-            return out["class_logits"], out["boxes"]
-
     first = cases("first", """
         model: {factory: 'structured_models:heads'}
         inputs: {x: {shape: [6]}}
@@ -243,7 +234,7 @@ def test_a_prebuilt_artefact_with_other_output_names_needs_a_mapping(cases, tmp_
         backends: [cpu]
         """)
     path = tmp_path / "cases" / "prebuilt.onnx"
-    torch.onnx.export(Reversed(first.model).eval(), (torch.randn(2, 6),), str(path), dynamo=False, opset_version=17,
+    torch.onnx.export(_reversed_heads(first.model), (torch.randn(2, 6),), str(path), dynamo=False, opset_version=17,
                       input_names=["x"], output_names=["cls", "box"], dynamic_axes={"x": {0: "b"}})
     body = """
         model: {factory: 'structured_models:heads'}
