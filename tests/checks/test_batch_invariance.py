@@ -24,12 +24,21 @@ def fixed_shape_export(model, example_inputs, path):
     torch.onnx.export(torch.nn.Flatten().eval(), (x,), str(path), dynamo=False, opset_version=17,
                       input_names=["x"], output_names=["logits"])
     return {"exporter": "fixed"}
+
+
+def fixed_batch_export(model, example_inputs, path):
+    """Runs only at batch 3, the case's largest batch size: no sample can run alone."""
+    x = torch.zeros(3, 3, 8, 8)
+    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
+                      output_names=["logits"])
+    return {"exporter": "fixed-batch"}
 '''
 
 
-def _batch_invariance(case_dir, tmp_path, export_function: str):
+def _batch_invariance(case_dir, tmp_path, export_function: str, factory: str = "small"):
     (case_dir / "broken.py").write_text(BROKEN, encoding="utf-8")
-    body = SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]") + \
+    body = SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]").replace(
+        "models:small", f"models:{factory}") + \
         f"export:\n  onnx: {{function: 'broken:{export_function}'}}\n"
     session = Session(tmp_path / "b", tmp_path / "g")
     try:
@@ -53,3 +62,19 @@ def test_a_clean_model_passes(case_dir, tmp_path):
     result = session.run_check(case, "onnx", "cpu", "batch_invariance")
     assert result.status == "passed", result.message
     session.close()
+
+
+def test_a_fixed_batch_artefact_is_still_checked(case_dir, tmp_path):
+    """An artefact that runs only at the case's largest batch is compared across batches of that size."""
+    result = _batch_invariance(case_dir, tmp_path, "fixed_batch_export")
+    assert result.status == "passed", result.message
+    assert "compared across batches of 3" in result.message
+    assert result.metrics["batch_sizes_run"] == [3]
+
+
+def test_a_fixed_batch_artefact_that_mixes_samples_fails(case_dir, tmp_path):
+    """The planted bug (x - x.mean(0)) is found without batch 1, and named as a batch dependence."""
+    result = _batch_invariance(case_dir, tmp_path, "fixed_batch_export", factory="batch_coupled")
+    assert result.status == "failed", result.message
+    assert result.cause == "batch-dependence"
+    assert "mixed" in result.message
