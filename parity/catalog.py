@@ -28,11 +28,12 @@ def default() -> Catalog:
                    routes=routes)
 
 
-def load_case(path: str | Path) -> Case:
-    """Load one case file against the default catalog (raises CaseError naming file, field and fix)."""
-    return _load_case(path, default())
+def load_case(path: str | Path, root: str | Path | None = None, allow_external: bool = False) -> Case:
+    """Load one case file against the default catalog (raises CaseError naming file, field and fix);
+    the files it reads must lie under `root` (default: its directory) unless `allow_external`."""
+    return _load_case(path, default(), root=root, allow_external=allow_external)
 
 
-def load_cases(directory: str | Path) -> tuple[list[Case], list[CaseError]]:
+def load_cases(directory: str | Path, allow_external: bool = False) -> tuple[list[Case], list[CaseError]]:
     """Load every case file in `directory`; invalid files become errors and the valid ones still load."""
-    return _load_cases(directory, default())
+    return _load_cases(directory, default(), allow_external=allow_external)

@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--markdown", metavar="FILE", help="also write the Markdown summary")
         p.add_argument("--html", metavar="FILE", help="also write the HTML report")
         p.add_argument("--junitxml", metavar="FILE", help="also write JUnit XML")
+        p.add_argument("--allow-external-paths", action="store_true",
+                       help="let cases read files (artefacts, weights, inputs, data) outside --cases")
         p.add_argument("-v", "--verbose", action="store_true",
                        help="show pytest's own output instead of the progress bar")
 
@@ -188,6 +190,8 @@ def run_suite(args: argparse.Namespace, passthrough: list[str], update_golden: b
         pytest_args += ["-k", args.keyword]
     if update_golden:
         pytest_args.append("--update-golden")
+    if args.allow_external_paths:
+        pytest_args.append("--parity-allow-external-paths")
     for option, value in (("--parity-report", args.report), ("--parity-summary", args.markdown),
                           ("--parity-html", args.html), ("--junitxml", args.junitxml)):
         if value:

@@ -37,7 +37,13 @@ class GoldenStore:
         self.root = Path(root)
 
     def case_dir(self, case: str) -> Path:
-        return self.root / case
+        """`root/case`; a name that would lead outside the root (``..``, a separator) is refused."""
+        d = self.root / case
+        if not case or "/" in case or "\\" in case or set(case) == {"."} or \
+                not d.resolve().is_relative_to(self.root.resolve()):
+            raise GoldenError(f"case name {case!r} does not name a directory inside {self.root}; give the case "
+                              "a 'name' of letters, digits, '_', '-' or '.'")
+        return d
 
     def path(self, case: str, name: str) -> Path:
         return self.case_dir(case) / name

@@ -46,6 +46,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--parity-shard", metavar="I/N", default=None,
                     help="run only shard I of N (1-based); cases are dealt round-robin in name order, so each "
                          "case's exports happen on one CI machine")
+    group.addoption("--parity-allow-external-paths", action="store_true", default=False,
+                    help="let cases read files (artefacts, weights, inputs, data) outside the --cases directory")
     group.addoption("--parity-no-cache", action="store_true", default=False,
                     help="ignore the export cache: rebuild every model and re-export every artefact")
 
@@ -103,7 +105,7 @@ def _load(config: pytest.Config) -> tuple:
         cases_dir = _dir_option(config, "cases", "cases")
         if not cases_dir.is_dir():
             raise pytest.UsageError(f"--cases: {cases_dir} is not a directory of case files")
-        config.stash[_CASES] = load_cases(cases_dir)
+        config.stash[_CASES] = load_cases(cases_dir, allow_external=config.getoption("parity_allow_external_paths"))
     return config.stash[_CASES]
 
 

@@ -266,12 +266,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--cases", default="cases", help="directory of case files (default: cases/)")
     parser.add_argument("--build", default="build/parity", help="build directory (default: build/parity)")
     parser.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    parser.add_argument("--allow-external-paths", action="store_true",
+                        help="let the case read files outside its directory of case files")
     args = parser.parse_args(argv)
     path = Path(args.case)
     if not path.is_file():
         path = Path(args.cases) / f"{args.case}.yaml"
     try:
-        case = load_case(path)
+        cases_dir = Path(args.cases).resolve()
+        root = cases_dir if path.resolve().is_relative_to(cases_dir) else path.parent
+        case = load_case(path, root=root, allow_external=args.allow_external_paths)
     except CaseError as e:
         print(f"error: {e}")
         return 2

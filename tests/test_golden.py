@@ -81,3 +81,12 @@ def test_corrupt_meta_names_the_fix(tmp_path):
     (tmp_path / "case" / "meta.json").write_text("{not json")
     with pytest.raises(GoldenError, match="--update-golden"):
         GoldenStore(tmp_path).read_json("case", "meta.json")
+
+
+@pytest.mark.parametrize("name", [".", "..", "...", "../x", "a/b", ""])
+def test_a_name_outside_the_golden_root_is_refused(tmp_path, name):
+    """Nothing is written outside the golden directory, whatever the case name."""
+    store = GoldenStore(tmp_path / "golden")
+    with pytest.raises(GoldenError, match="inside"):
+        store.write_json(name, "meta.json", {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

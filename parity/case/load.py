@@ -12,13 +12,13 @@ import difflib
 import re
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from parity.case.catalog import Catalog
-from parity.case.references import check_references, infer_framework
+from parity.case.references import check_paths_inside, check_references, infer_framework
 from parity.case.schema import IMPORT_PATH, Case
 from parity.errors import CaseError
 
@@ -38,8 +38,12 @@ _Loader.add_implicit_resolver(
 )
 
 
-def load_case(path: str | Path, catalog: Catalog) -> Case:
-    """Read, validate and check one case file. Raises CaseError naming file, field and fix."""
+def load_case(path: str | Path, catalog: Catalog, root: Optional[str | Path] = None,
+              allow_external: bool = False) -> Case:
+    """Read, validate and check one case file. Raises CaseError naming file, field and fix.
+
+    Every file the case reads must lie under `root` (default: the case file's directory) unless
+    `allow_external`."""
     path = Path(path)
     shown = str(path)
     try:
@@ -74,6 +78,8 @@ def load_case(path: str | Path, catalog: Catalog) -> Case:
         raise CaseError(shown, field, problem) from None
     case = _with_catalog(case, shown, catalog)
     check_references(case, shown, catalog)
+    if not allow_external:
+        check_paths_inside(case, shown, Path(root) if root is not None else path.parent)
     return case
 
 
@@ -175,14 +181,16 @@ def discover(directory: str | Path) -> list[Path]:
     return sorted([*d.glob("*.yaml"), *d.glob("*.yml")])
 
 
-def load_cases(directory: str | Path, catalog: Catalog) -> tuple[list[Case], list[CaseError]]:
-    """Load every case in `directory`. Invalid files become errors; the valid ones still load."""
+def load_cases(directory: str | Path, catalog: Catalog,
+               allow_external: bool = False) -> tuple[list[Case], list[CaseError]]:
+    """Load every case in `directory`. Invalid files become errors; the valid ones still load. Files
+    a case reads must lie under `directory` unless `allow_external`."""
     cases: list[Case] = []
     errors: list[CaseError] = []
     seen: dict[str, str] = {}
     for path in discover(directory):
         try:
-            case = load_case(path, catalog)
+            case = load_case(path, catalog, root=directory, allow_external=allow_external)
         except CaseError as e:
             errors.append(e)
             continue

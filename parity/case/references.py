@@ -82,6 +82,32 @@ def check_references(case: Case, shown: str, catalog: Catalog) -> None:
             raise CaseError(shown, f"export.{fmt}", f"format {fmt!r} is configured but not listed in 'formats'")
 
 
+def case_paths(case: Case) -> list[tuple[str, str]]:
+    """(field, path as written) of every file a case reads."""
+    found = []
+    if case.model.weights is not None:
+        found.append(("model.weights", case.model.weights))
+    found += [(f"inputs.{name}.file", spec.file) for name, spec in case.inputs.items() if spec.file is not None]
+    found += [(f"export.{fmt}.artefact", e.artefact) for fmt, e in case.export.items() if e.artefact is not None]
+    if case.accuracy is not None:
+        for part in ("evaluation", "calibration"):
+            source = getattr(case.accuracy, part)
+            if source is not None and source.file is not None:
+                found.append((f"accuracy.{part}.file", source.file))
+    return found
+
+
+def check_paths_inside(case: Case, shown: str, root: Path) -> None:
+    """Every file the case reads resolves (links followed) inside `root`, the directory of case files."""
+    root = root.resolve()
+    for field, written in case_paths(case):
+        target = case.resolve(written).resolve()
+        if not target.is_relative_to(root):
+            raise CaseError(shown, field, f"{written!r} resolves to {target}, outside the cases directory {root}; "
+                            "keep the file under it, or pass --parity-allow-external-paths (parity run: "
+                            "--allow-external-paths) to read files from anywhere")
+
+
 #: Top-level modules whose import marks a factory module as Keras (else it is PyTorch).
 _KERAS_MODULES = {"keras", "tensorflow", "tf_keras"}
 

@@ -301,3 +301,39 @@ def test_dynamic_axes_need_generated_inputs(case_dir):
                               "inputs:\n  x: {file: x.npz, dynamic: {1: h}}\n") + "sizes: {h: [4]}\n"
     error = _error(case_dir, text)
     assert error.field == "inputs.x" and "dynamic axes need generated inputs" in str(error)
+
+
+@pytest.mark.parametrize("field, body", [
+    ("export.onnx.artefact", SMALL_CASE + "export:\n  onnx: {artefact: ../outside.onnx}\n"),
+    ("model.weights", SMALL_CASE.replace("  seed: 3", "  seed: 3\n  weights: ../outside.safetensors")),
+    ("inputs.x.file", SMALL_CASE.replace("x: {shape: [3, 8, 8]}", "x: {file: ../outside.npz}")),
+    ("export.onnx.artefact", SMALL_CASE + "export:\n  onnx: {artefact: link.onnx}\n"),  # a link out of the root
+])
+def test_files_outside_the_cases_directory_are_refused(case_dir, field, body):
+    """Every path a case reads resolves inside its directory of case files, links followed."""
+    outside = case_dir.parent
+    (outside / "outside.onnx").write_bytes(b"x")
+    (outside / "outside.safetensors").write_bytes(b"x")
+    np.savez(outside / "outside.npz", x=np.zeros((4, 3, 8, 8), np.float32))
+    (case_dir / "link.onnx").symlink_to(outside / "outside.onnx")
+    write_case(case_dir, "out", body)
+    cases, errors = load_cases(case_dir)
+    assert not cases and len(errors) == 1
+    e = errors[0]
+    assert e.field == field and "outside the cases directory" in e.problem
+    assert "--parity-allow-external-paths" in e.problem
+
+
+def test_an_explicit_flag_allows_files_outside(case_dir):
+    (case_dir.parent / "outside.onnx").write_bytes(b"x")
+    write_case(case_dir, "out", SMALL_CASE + "export:\n  onnx: {artefact: ../outside.onnx}\n")
+    cases, errors = load_cases(case_dir, allow_external=True)
+    assert [c.name for c in cases] == ["out"] and not errors
+
+
+def test_files_in_subdirectories_of_the_cases_directory_are_fine(case_dir):
+    (case_dir / "artefacts").mkdir()
+    (case_dir / "artefacts" / "m.onnx").write_bytes(b"x")
+    write_case(case_dir, "sub", SMALL_CASE + "export:\n  onnx: {artefact: artefacts/m.onnx}\n")
+    cases, errors = load_cases(case_dir)
+    assert [c.name for c in cases] == ["sub"] and not errors
