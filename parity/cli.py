@@ -183,6 +183,12 @@ def run_suite(args: argparse.Namespace, passthrough: list[str], update_golden: b
     if not cases.is_dir():
         print(f"parity: --cases {cases} is not a directory of case files", file=sys.stderr)
         return USAGE
+    from parity.case.load import discover
+
+    if not discover(cases):
+        print(f"parity: --cases {cases} holds no case files (*.yaml, *.yml); point --cases at the directory of "
+              "your case files", file=sys.stderr)
+        return USAGE
     pytest_args = [str(Path(__file__).with_name("test_parity.py")), "-p", "no:cacheprovider",
                    "--cases", str(cases.resolve()), "--golden", str(Path(args.golden).resolve()),
                    "--parity-build", str(Path(args.build).resolve())]

@@ -19,6 +19,7 @@ import pytest
 from parity.errors import CaseError
 
 _CASES = pytest.StashKey[tuple]()
+_NO_CASES = pytest.StashKey[bool]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -105,8 +106,19 @@ def _load(config: pytest.Config) -> tuple:
         cases_dir = _dir_option(config, "cases", "cases")
         if not cases_dir.is_dir():
             raise pytest.UsageError(f"--cases: {cases_dir} is not a directory of case files")
-        config.stash[_CASES] = load_cases(cases_dir, allow_external=config.getoption("parity_allow_external_paths"))
+        loaded = load_cases(cases_dir, allow_external=config.getoption("parity_allow_external_paths"))
+        if not loaded[0] and not loaded[1]:  # bad input, never a green run: one error, and exit code 4
+            config.stash[_NO_CASES] = True
+            loaded = ([], [CaseError(str(cases_dir), "--cases", "holds no case files (*.yaml, *.yml); point --cases "
+                                     "at the directory of your case files")])
+        config.stash[_CASES] = loaded
     return config.stash[_CASES]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if session.config.stash.get(_NO_CASES, False):
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

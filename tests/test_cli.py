@@ -116,6 +116,9 @@ def test_usage_and_case_errors_exit_2(tmp_path):
     (tmp_path / "not-a-report.json").write_text('{"a": 1}')
     bad = parity(tmp_path, "report", "not-a-report.json")
     assert bad.returncode == 2 and "not a parity" in bad.stderr
+    (tmp_path / "empty").mkdir()
+    empty = parity(tmp_path, "run", "--cases", "empty")
+    assert empty.returncode == 2 and "holds no case files" in empty.stderr, _show(empty)
 
     cases = tmp_path / "cases"
     cases.mkdir()

@@ -238,3 +238,25 @@ def test_shards_partition_the_cases(suite, case_dir):
     assert seen == [{"a", "c"}, {"b"}]
     result, _ = suite("--parity-shard", "3/2")
     assert result.ret == 4  # usage error
+
+
+def test_an_export_function_whose_module_fails_to_import_names_the_import_error(suite, case_dir):
+    """The real error (the module's own ImportError) reaches the user, naming the field."""
+    (case_dir / "exporters.py").write_text("import not_a_module_anywhere\n\ndef export(m, x, p):\n    pass\n")
+    write_case(case_dir, "small", SMALL_CASE + "checks: [parity]\nexport:\n  onnx: {function: 'exporters:export'}\n")
+    result, records = suite()
+    result.assert_outcomes(passed=1, failed=1)
+    record = by_id(records)["small-onnx-cpu-parity"]
+    assert "export.onnx.function" in record["message"]
+    assert "No module named 'not_a_module_anywhere'" in record["message"]
+    assert "UnboundLocalError" not in result.stdout.str()
+
+
+def test_an_empty_cases_directory_is_a_usage_error(suite, case_dir):
+    """No case files is bad input (exit 4 from pytest, 2 from `parity run`), never a green run."""
+    for f in case_dir.iterdir():
+        f.unlink()
+    result, _ = suite()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(["*--cases: holds no case files*"])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
