@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib
+import importlib.machinery
 import importlib.util
 import sys
 from pathlib import Path
@@ -135,7 +136,17 @@ def infer_framework(target: str, search: list[str]) -> str:
 
 
 def _module_origin(module_name: str, search: list[str]) -> Optional[str]:
-    """The file `module_name` would be imported from (with `search` on sys.path), without importing it."""
+    """The file `module_name` would be imported from (with `search` on sys.path), without importing it.
+
+    A module file in `search` wins over one of the same name already imported (from another case
+    directory): import_from_case loads the case's own."""
+    if "." not in module_name:
+        try:
+            local = importlib.machinery.PathFinder.find_spec(module_name, search)
+        except (ImportError, ValueError):
+            local = None
+        if local is not None and local.origin:
+            return local.origin
     added = [d for d in search if d not in sys.path]
     sys.path[:0] = added
     try:
@@ -149,8 +160,47 @@ def _module_origin(module_name: str, search: list[str]) -> Optional[str]:
     return None if found is None else (found.origin or "")
 
 
+#: Directories of case files put on sys.path by import_from_case (their modules are not "installed").
+_CASE_DIRS: set[Path] = set()
+
+
+def _installed_elsewhere(top: str, directory: Path) -> Optional[str]:
+    """Where `top` is importable from other than `directory` (a built-in, stdlib or installed
+    module), or None."""
+    if top in sys.builtin_module_names:
+        return "built in"
+    here = directory.resolve()
+    case_dirs = {here, *_CASE_DIRS}
+    loaded = sys.modules.get(top)
+    if loaded is not None and getattr(loaded, "__parity_stamp__", None) is None:
+        where = getattr(loaded, "__file__", None) or ""
+        if not where or not Path(where).resolve().is_relative_to(here):
+            return where or "already imported"
+    path = [p for p in sys.path if p and Path(p).resolve() not in case_dirs]
+    try:
+        found = importlib.machinery.PathFinder.find_spec(top, path)
+    except (ImportError, ValueError):
+        found = None
+    return None if found is None else (found.origin or "a package")
+
+
+def check_no_shadowing(target: str, directory: Path, shown: str, field: str) -> None:
+    """A module beside the case file must not share its name with an installed one (``parity.py``,
+    ``torch.py``): loading it would replace that package for every case of the session."""
+    top = target.partition(":")[0].split(".")[0]
+    local = next((p for p in (directory / f"{top}.py", directory / top / "__init__.py") if p.is_file()), None)
+    if local is None:
+        return
+    elsewhere = _installed_elsewhere(top, directory)
+    if elsewhere:
+        raise CaseError(shown, field, f"{local} has the name of the installed module {top!r} ({elsewhere}); "
+                        f"loading it would replace that module for every case: rename the file (and the "
+                        f"'{top}:' in {field})")
+
+
 def _check_callable(target: str, search: list[str], shown: str, field: str) -> None:
     """Check that 'module:function' exists without importing the module (no torch at load time)."""
+    check_no_shadowing(target, Path(search[0]), shown, field)
     module_name, _, attr = target.partition(":")
     origin = _module_origin(module_name, search)
     if origin is None:
@@ -194,9 +244,13 @@ def import_from_case(case: Case, target: str):
     directory = str(case.directory)
     if directory not in sys.path:
         sys.path.append(directory)
+    _CASE_DIRS.add(case.directory.resolve())
     top = target.partition(":")[0].split(".")[0]
     local = case.directory / f"{top}.py"
     if local.is_file():
+        field = next((f"export.{fmt}.function" for fmt, e in case.export.items() if e.function == target),
+                     "model.factory")
+        check_no_shadowing(target, case.directory, case.path, field)
         stamp = (str(local.resolve()), local.stat().st_mtime_ns)
         if getattr(sys.modules.get(top), "__parity_stamp__", None) != stamp:
             _load_file(top, local).__parity_stamp__ = stamp

@@ -1,0 +1,46 @@
+"""Modules beside case files: they never replace an installed package, and two directories'
+same-named modules never mix."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from conftest import SMALL_CASE, write_case
+from parity.case import import_from_case
+from parity.catalog import load_case, load_cases
+from parity.errors import CaseError
+
+
+def test_a_module_named_like_an_installed_package_is_refused_and_others_run(case_dir):
+    (case_dir / "parity.py").write_text("def make():\n    return None\n")
+    write_case(case_dir, "shadow", SMALL_CASE.replace("models:small", "parity:make"))
+    write_case(case_dir, "good", SMALL_CASE)
+    cases, errors = load_cases(case_dir)
+    assert [c.name for c in cases] == ["good"]
+    (e,) = errors
+    assert e.field == "model.factory" and "installed module 'parity'" in e.problem and "rename" in e.problem
+    assert sys.modules["parity"].__file__ != str(case_dir / "parity.py")  # the real package is still loaded
+    assert import_from_case(cases[0], "models:small") is not None
+
+
+def test_an_export_function_module_named_like_a_stdlib_module_is_refused(case_dir):
+    (case_dir / "json.py").write_text("def export(m, x, p):\n    pass\n")
+    write_case(case_dir, "shadow", SMALL_CASE + "export:\n  onnx: {function: 'json:export'}\n")
+    with pytest.raises(CaseError) as info:
+        load_case(case_dir / "shadow.yaml")
+    assert info.value.field == "export.onnx.function" and "'json'" in info.value.problem
+
+
+def test_two_case_directories_with_a_models_py_each_get_their_own(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for d, value in ((first, 1), (second, 2)):
+        d.mkdir()
+        (d / "helpers.py").write_text(f"def value():\n    return {value}\n\n\ndef only_in_{d.name}():\n    pass\n")
+        write_case(d, "c", SMALL_CASE.replace("models:small", f"helpers:only_in_{d.name}"))
+    case_a = load_case(first / "c.yaml")
+    assert import_from_case(case_a, "helpers:value")() == 1
+    case_b = load_case(second / "c.yaml")  # checked against b/helpers.py, not the module a/ loaded
+    assert import_from_case(case_b, "helpers:value")() == 2
+    assert import_from_case(case_a, "helpers:value")() == 1
