@@ -68,6 +68,58 @@ class GoldenStore:
         except Exception as e:  # corrupt zip, pickled arrays
             raise GoldenError(f"{p}: unreadable golden arrays ({e}); re-record it with --update-golden") from None
 
+    # ---- one writer at a time
+    def lock_for_update(self) -> None:
+        """Take the golden root for this run's writes, or raise GoldenError if another run holds it.
+
+        Two --update-golden runs at once would interleave their files into one mixed directory; the
+        second is refused before it writes anything. The lock is the root directory's own (flock),
+        so no lock file lands among the goldens, and a killed run's lock is gone with its process.
+        Temporary files a killed run left are removed once the lock is held."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): a lock file beside the goldens
+            from filelock import FileLock, Timeout
+
+            lock = FileLock(str(self.root / ".parity-update.lock"), timeout=0)
+            try:
+                lock.acquire()
+            except Timeout:
+                raise GoldenError(self._busy()) from None
+            self._lock = lock
+        else:
+            fd = os.open(self.root, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise GoldenError(self._busy()) from None
+            self._lock = fd
+        self.sweep_temps()
+
+    def unlock(self) -> None:
+        lock, self._lock = getattr(self, "_lock", None), None
+        if isinstance(lock, int):
+            os.close(lock)  # releases the flock
+        elif lock is not None:
+            lock.release()
+
+    def _busy(self) -> str:
+        return (f"another --update-golden run is writing to {self.root}; nothing was written. Wait for it to "
+                "finish, then run again")
+
+    def sweep_temps(self) -> list[Path]:
+        """Remove the temporary files (``.<name>.*.tmp``) an interrupted write left in case directories."""
+        removed = []
+        for tmp in self.root.glob("*/.*.tmp"):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+        return removed
+
     # ---- writing (atomic)
     def write_json(self, case: str, name: str, payload: dict) -> Path:
         """Write `payload` unless the file holds the same apart from its "recorded" timestamp."""

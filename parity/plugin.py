@@ -271,8 +271,24 @@ class _Reporter:
         self.problems: list[str] = []
         self.started = time.time()
 
+    @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self.started = time.time()
+        if self.config.getoption("update_golden") and not hasattr(self.config, "workerinput"):
+            from parity.errors import GoldenError
+            from parity.golden import GoldenStore
+
+            self.golden_lock = GoldenStore(_dir_option(self.config, "golden", "golden"))
+            try:  # the controller holds it for the session; xdist workers write under it
+                self.golden_lock.lock_for_update()
+            except GoldenError as e:
+                self.golden_lock = None
+                raise pytest.UsageError(f"--update-golden: {e}") from None
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        lock = getattr(self, "golden_lock", None)
+        if lock is not None:
+            lock.unlock()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "call":

@@ -27,6 +27,7 @@ class Session:
 
         self.build_dir = Path(build_dir)
         self.cache = Cache(self.build_dir / "cache", enabled=use_cache)
+        self.cache.sweep()  # what a killed run left (only entries nobody is writing)
         self.golden = GoldenStore(golden_dir)
         self.update_golden = update_golden
         self.rerun_prefix = rerun_prefix  # how this run was invoked, for the commands messages suggest

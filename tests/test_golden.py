@@ -90,3 +90,26 @@ def test_a_name_outside_the_golden_root_is_refused(tmp_path, name):
     with pytest.raises(GoldenError, match="inside"):
         store.write_json(name, "meta.json", {"a": 1})
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_second_update_run_is_refused_while_one_holds_the_goldens(tmp_path):
+    first, second = GoldenStore(tmp_path / "golden"), GoldenStore(tmp_path / "golden")
+    first.lock_for_update()
+    try:
+        with pytest.raises(GoldenError, match="another --update-golden run"):
+            second.lock_for_update()
+    finally:
+        first.unlock()
+    second.lock_for_update()  # free again once the first is done
+    second.unlock()
+    assert [p.name for p in (tmp_path / "golden").iterdir()] == []  # no lock file among the goldens
+
+
+def test_taking_the_lock_removes_what_a_killed_write_left(tmp_path):
+    store = GoldenStore(tmp_path / "golden")
+    store.write_json("net", "meta.json", {"a": 1})
+    stale = tmp_path / "golden" / "net" / ".onnx-cpu.npz.abc123.tmp"
+    stale.write_bytes(b"half")
+    store.lock_for_update()
+    store.unlock()
+    assert sorted(p.name for p in (tmp_path / "golden" / "net").iterdir()) == ["meta.json"]

@@ -260,3 +260,20 @@ def test_an_empty_cases_directory_is_a_usage_error(suite, case_dir):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stdout.fnmatch_lines(["*--cases: holds no case files*"])
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+def test_a_concurrent_update_golden_run_is_refused_before_it_writes(suite, case_dir, pytester):
+    from parity.golden import GoldenStore
+
+    write_case(case_dir, "small", SMALL_CASE + "checks: [golden]\n")
+    holder = GoldenStore(pytester.path / "golden")
+    holder.lock_for_update()  # another run is writing
+    try:
+        result, _ = suite("--update-golden")
+    finally:
+        holder.unlock()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "another --update-golden run is writing to" in result.stderr.str()
+    assert list((pytester.path / "golden").iterdir()) == []
+    result, _ = suite("--update-golden")  # once it is done
+    result.assert_outcomes(passed=2)

@@ -164,6 +164,27 @@ class Cache:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
+    def sweep(self) -> list[Path]:
+        """Remove temporary directories a killed run left (``.<key>.*``, ``.scratch-<key>.*``): each
+        only when its entry's lock is free, so a concurrent run's work in progress is never touched."""
+        from filelock import FileLock, Timeout
+
+        removed = []
+        if not self.root.is_dir():
+            return removed
+        for kind in (d for d in self.root.iterdir() if d.is_dir()):
+            for tmp in (d for d in kind.iterdir() if d.name.startswith(".") and d.is_dir()):
+                key = tmp.name[1:].removeprefix("scratch-").split(".")[0].split("-")[0]
+                if not key:
+                    continue
+                try:
+                    with FileLock(str(kind / key) + ".lock", timeout=0):
+                        shutil.rmtree(tmp, ignore_errors=True)
+                        removed.append(tmp)
+                except Timeout:
+                    continue  # being written right now
+        return removed
+
     def read_json(self, entry: Path, name: str) -> Optional[dict]:
         p = entry / name
         return json.loads(p.read_text()) if p.is_file() else None

@@ -86,3 +86,19 @@ def test_cached_reference_equals_recomputed(case_dir, tmp_path):
     b = Session(tmp_path / "build", tmp_path / "g").case_run(load_case(path))
     assert b._model_results["cached"] is True and b._model is None  # the model was not built
     assert np.array_equal(b.reference(3)["logits"], ref)
+
+
+def test_a_killed_runs_temporary_directories_are_swept_but_not_a_live_writers(tmp_path):
+    from filelock import FileLock
+
+    from parity.pipeline.cache import Cache
+
+    kind = tmp_path / "cache" / "artefact"
+    stale, scratch, live = kind / ".aaa111.x1y2", kind / ".scratch-aaa111.x1y2-z3", kind / ".bbb222.q9"
+    for d in (stale, scratch, live):
+        d.mkdir(parents=True)
+    (kind / "keep").mkdir()
+    with FileLock(str(kind / "bbb222") + ".lock"):  # another run is exporting bbb222 right now
+        removed = Cache(tmp_path / "cache").sweep()
+    assert sorted(p.name for p in removed) == sorted([stale.name, scratch.name])
+    assert live.is_dir() and (kind / "keep").is_dir()

@@ -17,11 +17,18 @@ def run_both(case_dir, tmp_path, function):
     return (session.run_check(case, "onnx", "cpu", "parity"), session.run_check(case, "torchscript", "cpu", "parity"))
 
 
+def leftovers(build) -> list[str]:
+    """Hidden directories (temporary export and scratch dirs) left in the build dir."""
+    return sorted(str(p.relative_to(build)) for p in build.rglob(".*") if p.is_dir())
+
+
 def test_segfaulting_exporter_fails_only_its_format(case_dir, tmp_path):
     onnx, torchscript = run_both(case_dir, tmp_path, "crashing_export")
     assert onnx.status == "error"
     assert "crashed its process with signal 11 (SIGSEGV)" in onnx.message
+    assert not onnx.message.rstrip().endswith("Last output:")
     assert torchscript.status == "passed"
+    assert leftovers(tmp_path / "b") == []
 
 
 def test_hanging_exporter_is_killed(case_dir, tmp_path):
@@ -30,6 +37,7 @@ def test_hanging_exporter_is_killed(case_dir, tmp_path):
     assert onnx.status == "error" and "hung: killed after 8 s" in onnx.message
     assert time.perf_counter() - start < 60
     assert torchscript.status == "passed"
+    assert leftovers(tmp_path / "b") == []
 
 
 def test_isolated_export_matches_in_process_export(case_dir, tmp_path):
