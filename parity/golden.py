@@ -26,6 +26,10 @@ import numpy as np
 from parity.errors import GoldenError
 
 
+#: dtype kinds a golden array may have: booleans, integers, floats and complex numbers.
+NUMERIC_KINDS = "biufc"
+
+
 def key(output: str, batch: int) -> str:
     return f"{output}@b{batch}"
 
@@ -54,9 +58,13 @@ class GoldenStore:
         if not p.is_file():
             return None
         try:
-            return json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise GoldenError(f"{p}: unreadable golden metadata ({e}); re-record it with --update-golden") from None
+        if not isinstance(data, dict):
+            raise GoldenError(f"{p}: golden metadata must be a JSON object, it holds a {type(data).__name__}; "
+                              "re-record it with --update-golden")
+        return data
 
     def read_arrays(self, case: str, name: str) -> Optional[dict[str, np.ndarray]]:
         p = self.path(case, name)
@@ -64,9 +72,14 @@ class GoldenStore:
             return None
         try:
             with np.load(p, allow_pickle=False) as data:
-                return {k: data[k] for k in data.files}
-        except Exception as e:  # corrupt zip, pickled arrays
+                arrays = {k: data[k] for k in data.files}
+        except Exception as e:  # corrupt zip, pickled arrays, a file that is not an .npz
             raise GoldenError(f"{p}: unreadable golden arrays ({e}); re-record it with --update-golden") from None
+        odd = [f"{k} ({a.dtype})" for k, a in arrays.items() if a.dtype.kind not in NUMERIC_KINDS]
+        if odd:
+            raise GoldenError(f"{p}: golden arrays must be numbers or booleans, {', '.join(odd[:3])} is not; "
+                              "re-record it with --update-golden")
+        return arrays
 
     # ---- one writer at a time
     def lock_for_update(self) -> None:
@@ -164,6 +177,35 @@ class GoldenStore:
                 pass
             raise
         return target
+
+
+#: Files of a case's golden directory that belong to the case, not to one target.
+CASE_FILES = ("meta.json", "inputs.npz", "reference.npz")
+#: Suffixes of a target's files: ``<format>-<backend><suffix>``.
+TARGET_SUFFIXES = (".accuracy.json", ".npz", ".json")
+
+
+def orphans(root: str | Path, targets: dict[str, set[str]], unknown: set[str] = frozenset()) -> list[tuple[Path, str]]:
+    """Golden files no case or target owns: (path, why). `targets` maps each loaded case's name to its
+    targets (``<format>-<backend>``); directories named in `unknown` (case files that did not load)
+    are left alone."""
+    root = Path(root)
+    found: list[tuple[Path, str]] = []
+    if not root.is_dir():
+        return found
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if d.name in unknown:
+            continue
+        if d.name not in targets:
+            found.append((d, f"no case is named {d.name!r}"))
+            continue
+        for f in sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")):
+            if f.name in CASE_FILES:
+                continue
+            target = next((f.name[:-len(s)] for s in TARGET_SUFFIXES if f.name.endswith(s)), None)
+            if target not in targets[d.name]:
+                found.append((f, f"case {d.name!r} has no target {target or f.name!r}"))
+    return found
 
 
 def _without_time(payload: dict) -> dict:

@@ -49,6 +49,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "case's exports happen on one CI machine")
     group.addoption("--parity-allow-external-paths", action="store_true", default=False,
                     help="let cases read files (artefacts, weights, inputs, data) outside the --cases directory")
+    group.addoption("--parity-prune-golden", action="store_true", default=False,
+                    help="delete orphan goldens (a directory no case names, a target file no case has) instead "
+                         "of only listing them")
     group.addoption("--parity-no-cache", action="store_true", default=False,
                     help="ignore the export cache: rebuild every model and re-export every artefact")
 
@@ -323,6 +326,8 @@ class _Reporter:
 
         config = self.config
         finished = time.time()
+        if self.records:
+            self._orphans()
         self.run = Run(self.records)
         self.run.info = {
             "format": RUN_FORMAT,
@@ -337,6 +342,8 @@ class _Reporter:
                         "golden": str(_dir_option(config, "golden", "golden")),
                         "update_golden": bool(config.getoption("update_golden"))},
             "environment": collect(config.rootpath),
+            "orphan_goldens": [{"path": p, "why": why} for p, why in getattr(self, "orphans", [])],
+            "orphan_goldens_deleted": bool(getattr(self, "pruned", False)),
         }
         for plugin in config.pluginmanager.get_plugins():  # pytest's LogXML, when --junitxml is given
             if type(plugin).__name__ == "LogXML" and hasattr(plugin, "add_global_property"):
@@ -371,9 +378,53 @@ class _Reporter:
             except OSError as e:
                 self.problems.append(f"$GITHUB_STEP_SUMMARY {step_summary}: {e}")
 
+    def _orphans(self) -> None:
+        """Goldens that no loaded case or target owns: listed, or deleted with --parity-prune-golden."""
+        import shutil
+
+        from parity.errors import GoldenError
+        from parity.formats import FORMATS
+        from parity.golden import GoldenStore, orphans
+
+        cases, errors = _load(self.config)
+        targets = {c.name: {f"{fmt}-{b}" for fmt in c.formats for b in c.backends if b in FORMATS[fmt].backends}
+                   for c in cases}
+        root = _dir_option(self.config, "golden", "golden")
+        self.orphans = [(str(p), why) for p, why in orphans(root, targets, {Path(e.path).stem for e in errors})]
+        if not self.orphans or not self.config.getoption("parity_prune_golden"):
+            return
+        store = getattr(self, "golden_lock", None)
+        own = store is None
+        try:
+            if own:
+                store = GoldenStore(root)
+                store.lock_for_update()
+        except GoldenError as e:
+            self.problems.append(f"--parity-prune-golden: {e}")
+            return
+        try:
+            for path, _ in self.orphans:
+                p = Path(path)
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+            self.pruned = True
+        finally:
+            if own:
+                store.unlock()
+
     def pytest_terminal_summary(self, terminalreporter, exitstatus: int, config: pytest.Config) -> None:
         for problem in self.problems:
             terminalreporter.write_line(f"parity: could not write {problem}", red=True)
+        orphaned = getattr(self, "orphans", [])
+        if orphaned:
+            done = getattr(self, "pruned", False)
+            terminalreporter.write_sep("-", f"parity: {len(orphaned)} orphan golden(s) "
+                                       + ("deleted" if done else "(no case or target owns them)"), yellow=True)
+            for path, why in orphaned[:TERMINAL_FINDINGS]:
+                terminalreporter.write_line(f"  {path}: {why}")
+            if len(orphaned) > TERMINAL_FINDINGS:
+                terminalreporter.write_line(f"  ... {len(orphaned) - TERMINAL_FINDINGS} more")
+            if not done:
+                terminalreporter.write_line("  delete them with --parity-prune-golden (or remove them from git)")
         if not self.records:
             return
         from parity.report.run import Run

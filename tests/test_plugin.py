@@ -277,3 +277,24 @@ def test_a_concurrent_update_golden_run_is_refused_before_it_writes(suite, case_
     assert list((pytester.path / "golden").iterdir()) == []
     result, _ = suite("--update-golden")  # once it is done
     result.assert_outcomes(passed=2)
+
+
+def test_orphan_goldens_are_listed_and_pruned_only_on_request(suite, case_dir, pytester):
+    write_case(case_dir, "small", SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]")
+               + "checks: [golden]\n")
+    result, _ = suite("--update-golden")
+    result.assert_outcomes(passed=1)
+    golden = pytester.path / "golden"
+    (golden / "renamed_away").mkdir()
+    (golden / "renamed_away" / "meta.json").write_text("{}")
+    (golden / "small" / "tflite-cpu.npz").write_bytes(b"")  # a format the case no longer lists
+    result, _ = suite()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*2 orphan golden(s)*", "*renamed_away: no case is named 'renamed_away'*",
+                                 "*tflite-cpu.npz: case 'small' has no target 'tflite-cpu'*",
+                                 "*--parity-prune-golden*"])
+    assert (golden / "renamed_away").is_dir()  # listing deletes nothing
+    result, _ = suite("--parity-prune-golden")
+    result.stdout.fnmatch_lines(["*2 orphan golden(s) deleted*"])
+    assert not (golden / "renamed_away").exists() and not (golden / "small" / "tflite-cpu.npz").exists()
+    assert (golden / "small" / "onnx-cpu.npz").is_file() and (golden / "small" / "meta.json").is_file()

@@ -52,6 +52,25 @@ def what_changed(run: CaseRun, target_meta: dict, reference_moved: float) -> tup
     return changes, "; ".join(changes)
 
 
+def _malformed_inputs(run: CaseRun, golden_inputs: dict[str, np.ndarray]) -> str:
+    """Why the recorded inputs cannot be fed to this case's model ('' if they can): what a hand-edited
+    or truncated inputs.npz would otherwise turn into a runtime's traceback."""
+    case = run.case
+    for name, spec in case.inputs.items():
+        arr = golden_inputs.get(name)
+        if arr is None:
+            continue  # the list of names is checked with a message of its own
+        want = run.pool[name]
+        if arr.ndim != want.ndim or arr.shape[1:] != want.shape[1:]:
+            return (f"input {name!r} holds samples of shape {list(arr.shape[1:])} but the case feeds "
+                    f"{list(want.shape[1:])}")
+        if arr.shape[0] < max(case.batch_sizes):
+            return f"input {name!r} holds {arr.shape[0]} samples, fewer than the largest batch size {max(case.batch_sizes)}"
+        if arr.dtype != want.dtype:
+            return f"input {name!r} is {arr.dtype}, the case feeds {want.dtype}"
+    return ""
+
+
 def _write_case_golden(run: CaseRun, session: "Context") -> None:
     """inputs.npz, reference.npz and meta.json for the case, once per session."""
     if run.golden_case_written:
@@ -190,6 +209,18 @@ def check_golden(run: CaseRun, fmt: str, backend: str, session: "Context") -> Ch
                           f"the case's golden inputs; re-record it with: {update_command(session, case.name, fmt, backend)}")
     golden_inputs = store.read_arrays(case.name, "inputs.npz") or {}
     golden_reference = store.read_arrays(case.name, "reference.npz") or {}
+    malformed = _malformed_inputs(run, golden_inputs)
+    if malformed:
+        return _no_golden(f"{store.path(case.name, 'inputs.npz')}: {malformed}; re-record it with: "
+                          f"{update_command(session, case.name)}")
+    recorded_errors = target_meta.get("error_vs_reference")
+    unjudged = [n for n in run.output_names if not isinstance(recorded_errors, dict) or
+                not isinstance((recorded_errors.get(n) or {}).get("scaled_error"), (int, float))]
+    if unjudged:
+        return _no_golden(f"the golden of {case.name} {fmt}/{backend} records no error vs the eager reference for "
+                          f"{unjudged[0]!r} ({store.path(case.name, target + '.json')}: error_vs_reference), so "
+                          f"its learned drift limit cannot be applied; re-record it with: "
+                          f"{update_command(session, case.name, fmt, backend)}")
 
     rows: list[tuple[str, OutputComparison]] = []
     reference_moved = 0.0
@@ -210,8 +241,14 @@ def check_golden(run: CaseRun, fmt: str, backend: str, session: "Context") -> Ch
         eager_now = run.reference(size) if same else run.run_eager(inputs)
         for name in run.output_names:
             old = golden_reference.get(key(name, size))
-            if old is not None and old.shape == eager_now[name].shape:
-                reference_moved = max(reference_moved, float(np.abs(old.astype(np.float64) - eager_now[name]).max()))
+            if old is None:
+                continue
+            if old.shape != np.shape(eager_now[name]):
+                return _no_golden(f"{store.path(case.name, 'reference.npz')} holds {name!r} at batch {size} with "
+                                  f"shape {list(old.shape)}, the eager model returns {list(np.shape(eager_now[name]))}:"
+                                  f" the golden is malformed or the model's outputs changed; re-record it with: "
+                                  f"{update_command(session, case.name)}")
+            reference_moved = max(reference_moved, float(np.abs(old.astype(np.float64) - eager_now[name]).max()))
     changes, changed = what_changed(run, target_meta, reference_moved)
     notes = [f"since the golden was recorded: {changed}"] if any(not c.passed for _, c in rows) or changes else []
     drift, drift_problems = _learned_drift(run, fmt, backend, target_meta.get("error_vs_reference", {}), changed)

@@ -58,3 +58,52 @@ def test_update_golden_records_a_clean_model(case_dir, tmp_path):
     result = _record(case_dir, tmp_path)
     assert result.status == "passed", result.message
     assert (tmp_path / "g" / "clean" / "onnx-cpu.npz").is_file()
+
+
+def _check(case_dir, tmp_path, update=False):
+    body = SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]")
+    session = Session(tmp_path / "b", tmp_path / "g", update_golden=update)
+    try:
+        return session.run_check(load_case(write_case(case_dir, "clean", body)), "onnx", "cpu", "golden")
+    finally:
+        session.close()
+
+
+def _resave(path, change):
+    import numpy as np
+
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    change(arrays)
+    np.savez(path, **arrays)
+
+
+def _edit_json(path, change):
+    import json
+
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda g: (g / "meta.json").write_text("[1, 2]"), "must be a JSON object"),
+    (lambda g: _resave(g / "inputs.npz", lambda a: a.update(x=a["x"][:, :, :4])), "samples of shape [3, 4, 8]"),
+    (lambda g: _resave(g / "inputs.npz", lambda a: a.update(x=a["x"][:2])), "holds 2 samples"),
+    (lambda g: _resave(g / "inputs.npz", lambda a: a.update(x=a["x"].astype("float64"))), "is float64"),
+    (lambda g: _resave(g / "onnx-cpu.npz", lambda a: a.update({"logits@b1": a["logits@b1"].astype(str)})),
+     "must be numbers"),
+    (lambda g: _resave(g / "reference.npz", lambda a: a.update({"logits@b3": a["logits@b3"][:, :2]})),
+     "with shape [3, 2]"),
+    (lambda g: _edit_json(g / "onnx-cpu.json", lambda d: d.pop("error_vs_reference")), "records no error vs"),
+])
+def test_a_malformed_golden_is_named_never_a_traceback_or_a_silent_pass(case_dir, tmp_path, damage, says):
+    assert _record(case_dir, tmp_path).status == "passed"
+    assert _check(case_dir, tmp_path).status == "passed"  # the clean golden holds
+    damage(tmp_path / "g" / "clean")
+    result = _check(case_dir, tmp_path)
+    assert result.status in ("failed", "error"), result.message
+    assert result.cause == "no-golden" and says in result.message, result.message
+    assert "--update-golden" in result.message and "Traceback" not in result.message
+    assert _check(case_dir, tmp_path, update=True).status == "passed"  # --update-golden repairs it
+    assert _check(case_dir, tmp_path).status == "passed"
