@@ -128,18 +128,52 @@ def _digest(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
+#: Each entry's list of its files with their SHA-256, checked before anything in it is loaded.
+MANIFEST = "MANIFEST.json"
+
+
+def _manifest(entry: Path) -> dict[str, str]:
+    """relative path -> SHA-256 of every file under `entry` but the manifest and the DONE marker."""
+    found = {}
+    for p in sorted(entry.rglob("*")):
+        if not p.is_file() or (p.parent == entry and p.name in (MANIFEST, "DONE")):
+            continue
+        if True:
+            digest = hashlib.sha256()
+            with p.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            found[str(p.relative_to(entry))] = digest.hexdigest()
+    return found
+
+
 class Cache:
     """Directories of cached results under `root`, one per key."""
 
     def __init__(self, root: str | Path, enabled: bool = True) -> None:
         self.root = Path(root)
         self.enabled = enabled
+        self._verified: set[tuple[str, int]] = set()
 
     def entry(self, kind: str, key: str) -> Path:
         return self.root / kind / key
 
     def complete(self, entry: Path) -> bool:
-        return self.enabled and (entry / "DONE").is_file()
+        """Whether `entry` is a finished entry whose files are the ones written: each file's SHA-256 is
+        checked against the entry's manifest (once per process), so a file swapped into the cache is
+        never loaded; a changed or unlisted entry is re-made."""
+        if not self.enabled or not (entry / "DONE").is_file():
+            return False
+        stamp = (str(entry), (entry / "DONE").stat().st_mtime_ns)
+        if stamp not in self._verified:
+            try:
+                manifest = json.loads((entry / MANIFEST).read_text())
+            except (OSError, ValueError):
+                return False
+            if not isinstance(manifest, dict) or manifest != _manifest(entry):
+                return False
+            self._verified.add(stamp)
+        return True
 
     @contextmanager
     def lock(self, entry: Path) -> Iterator[None]:
@@ -156,6 +190,7 @@ class Cache:
         tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}."))
         try:
             yield tmp
+            (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp), indent=1, sort_keys=True))
             (tmp / "DONE").write_text("")
             if entry.exists():
                 shutil.rmtree(entry)

@@ -102,3 +102,19 @@ def test_a_killed_runs_temporary_directories_are_swept_but_not_a_live_writers(tm
         removed = Cache(tmp_path / "cache").sweep()
     assert sorted(p.name for p in removed) == sorted([stale.name, scratch.name])
     assert live.is_dir() and (kind / "keep").is_dir()
+
+
+def test_a_file_swapped_into_the_cache_is_never_loaded(case_dir, tmp_path):
+    """Each entry's files are checked against its manifest: a tampered artefact is re-exported."""
+    from pathlib import Path
+
+    path = write_case(case_dir, "c", BODY)
+    cold = parity_run(tmp_path, path)
+    artefact = Path(cold.metrics["artefact"]["path"])
+    original = artefact.read_bytes()
+    artefact.write_bytes(b"swapped in by someone else")
+    again = parity_run(tmp_path, path)
+    assert again.status == "passed", again.message
+    assert again.metrics["artefact"]["cached"] is False  # re-made, not loaded
+    assert artefact.read_bytes() == original
+    assert parity_run(tmp_path, path).metrics["artefact"]["cached"] is True

@@ -35,6 +35,12 @@ def load_program(path, imports: Sequence[str] = ()):
     PT2E-quantized program. When loading still fails, the deserialiser's warnings join the message
     (torch's own error only says to check them).
     """
+    from parity.formats.pt2.safety import check_pt2, safe_torch_load
+
+    from pathlib import Path
+
+    for program in ([path] if Path(path).is_file() else []):
+        check_pt2(program)  # before torch reads it: nothing in a .pt2 gets unpickled
     for module in imports:
         try:
             importlib.import_module(module)
@@ -45,7 +51,8 @@ def load_program(path, imports: Sequence[str] = ()):
         with warnings.catch_warnings(record=True) as caught, _logged("torch.export") as logged:
             warnings.simplefilter("always")
             try:
-                return torch.export.load(str(path))
+                with safe_torch_load():
+                    return torch.export.load(str(path))
             except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, KeyError, ...
                 said = " ".join([*(str(w.message) for w in caught), *logged])
                 needed = _needed_module(f"{e} {said}")
