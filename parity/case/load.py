@@ -38,6 +38,25 @@ _Loader.add_implicit_resolver(
 )
 
 
+#: The most values a case file may expand to once YAML aliases are resolved (a real case has hundreds).
+MAX_VALUES = 100_000
+
+
+def _expanded_size(value: Any, limit: int = MAX_VALUES) -> int:
+    """How many values `value` holds with every alias expanded, counting no further than `limit` + 1
+    (so a billion-laughs file costs `limit` steps, not its exponential size)."""
+    count, stack = 0, [value]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return count
+
+
 def load_case(path: str | Path, catalog: Catalog, root: Optional[str | Path] = None,
               allow_external: bool = False) -> Case:
     """Read, validate and check one case file. Raises CaseError naming file, field and fix.
@@ -59,6 +78,9 @@ def load_case(path: str | Path, catalog: Catalog, root: Optional[str | Path] = N
         raise CaseError(shown, "", f"not valid YAML: {where}{problem}") from None
     if not isinstance(raw, dict):
         raise CaseError(shown, "", f"expected a mapping of case fields at the top level, got {type(raw).__name__}")
+    if _expanded_size(raw) > MAX_VALUES:
+        raise CaseError(shown, "", f"the file expands to more than {MAX_VALUES} values (YAML anchors and aliases "
+                        "nested in each other?); write the values out, or share less")
     raw = dict(raw)
     raw.setdefault("name", path.stem)
     if "path" in raw:
@@ -185,19 +207,23 @@ def load_cases(directory: str | Path, catalog: Catalog,
                allow_external: bool = False) -> tuple[list[Case], list[CaseError]]:
     """Load every case in `directory`. Invalid files become errors; the valid ones still load. Files
     a case reads must lie under `directory` unless `allow_external`."""
-    cases: list[Case] = []
+    loaded: list[tuple[Path, Case]] = []
     errors: list[CaseError] = []
-    seen: dict[str, str] = {}
     for path in discover(directory):
         try:
-            case = load_case(path, catalog, root=directory, allow_external=allow_external)
+            loaded.append((path, load_case(path, catalog, root=directory, allow_external=allow_external)))
         except CaseError as e:
             errors.append(e)
-            continue
-        if case.name in seen:
-            errors.append(CaseError(str(path), "name", f"case name {case.name!r} is already used by {seen[case.name]}; "
-                                    "names must be unique (they name the golden directory)"))
-            continue
-        seen[case.name] = str(path)
-        cases.append(case)
-    return cases, errors
+    files: dict[str, list[Path]] = {}
+    for path, case in loaded:
+        files.setdefault(case.name, []).append(path)
+    cases = []
+    for path, case in loaded:
+        others = [p.name for p in files[case.name] if p != path]
+        if others:  # neither is the right one: both are named, and neither runs
+            errors.append(CaseError(str(path), "name", f"case name {case.name!r} is also the name of "
+                                    f"{', '.join(others)}; names must be unique (each names a golden directory): "
+                                    "rename one (its file, or its 'name' field)"))
+        else:
+            cases.append(case)
+    return cases, sorted(errors, key=lambda e: e.path)

@@ -59,6 +59,7 @@ def check_references(case: Case, shown: str, catalog: Catalog) -> None:
         if spec.shape is not None and list(arr.shape[1:]) != list(spec.shape):
             raise CaseError(shown, f"inputs.{name}.shape", f"declared per-sample shape {list(spec.shape)} but "
                             f"{data_path.name}[{key!r}] holds samples of shape {list(arr.shape[1:])}")
+    _check_input_size(case, shown)
     limits = case.latency.max_p50_ms
     if isinstance(limits, dict):
         unknown = sorted(set(limits) - set(case.batch_sizes))
@@ -81,6 +82,28 @@ def check_references(case: Case, shown: str, catalog: Catalog) -> None:
                                 f"{fmt} exporter; it accepts: {', '.join(known) or 'none'}")
         if fmt not in case.formats:
             raise CaseError(shown, f"export.{fmt}", f"format {fmt!r} is configured but not listed in 'formats'")
+
+
+#: The most memory a case's generated inputs may take at its largest batch and sizes.
+MAX_INPUT_BYTES = 1 << 30
+
+
+def _check_input_size(case: Case, shown: str) -> None:
+    """Generated inputs are held in memory at once: refuse a case whose inputs could not be, before
+    a MemoryError deep in the run."""
+    import numpy as np
+
+    variants = case.shape_variants() or [None]
+    total = 0
+    for name, spec in case.inputs.items():
+        if spec.shape is None:
+            continue
+        elements = max(int(np.prod(case.sample_shape(name, v), dtype=np.float64)) for v in variants)
+        total += elements * max(case.batch_sizes) * np.dtype(spec.dtype).itemsize
+    if total > MAX_INPUT_BYTES:
+        raise CaseError(shown, "batch_sizes", f"the inputs at batch {max(case.batch_sizes)} would take "
+                        f"{total / 2**30:.1f} GiB (more than {MAX_INPUT_BYTES / 2**30:g} GiB); use smaller batch "
+                        "sizes, per-sample shapes or sizes")
 
 
 def case_paths(case: Case) -> list[tuple[str, str]]:
@@ -172,7 +195,8 @@ def _installed_elsewhere(top: str, directory: Path) -> Optional[str]:
     here = directory.resolve()
     case_dirs = {here, *_CASE_DIRS}
     loaded = sys.modules.get(top)
-    if loaded is not None and getattr(loaded, "__parity_stamp__", None) is None:
+    namespace = loaded is not None and getattr(loaded, "__file__", None) is None and hasattr(loaded, "__path__")
+    if loaded is not None and not namespace and getattr(loaded, "__parity_stamp__", None) is None:
         where = getattr(loaded, "__file__", None) or ""
         if not where or not Path(where).resolve().is_relative_to(here):
             return where or "already imported"
@@ -181,7 +205,9 @@ def _installed_elsewhere(top: str, directory: Path) -> Optional[str]:
         found = importlib.machinery.PathFinder.find_spec(top, path)
     except (ImportError, ValueError):
         found = None
-    return None if found is None else (found.origin or "a package")
+    if found is None or found.origin in (None, "namespace"):
+        return None  # a namespace package (a bare directory on sys.path) yields to a module file anyway
+    return found.origin
 
 
 def check_no_shadowing(target: str, directory: Path, shown: str, field: str) -> None:

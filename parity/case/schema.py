@@ -23,6 +23,11 @@ IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 NonNegFloat = Annotated[float, Field(ge=0)]
 #: The name of a dynamic axis (``seq``, ``height``): an identifier, shared by every input it appears in.
 AxisName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+#: A whole number above zero, written as one: `true` or `2.0` is refused, not read as 1 or 2.
+Count = Annotated[int, Field(gt=0, strict=True)]
+#: Largest batch size a case may list (its inputs are generated and held in memory at once).
+MAX_BATCH = 4096
+BatchSize = Annotated[int, Field(gt=0, le=MAX_BATCH, strict=True)]
 
 
 class _Strict(BaseModel):
@@ -75,7 +80,7 @@ class InputSpec(_Strict):
     negatives). Everything is deterministic from the case's seed.
     """
 
-    shape: Optional[list[Union[PositiveInt, AxisName]]] = Field(
+    shape: Optional[list[Union[Count, AxisName]]] = Field(
         default=None, description="per-sample shape (no batch dimension); an entry may name a dynamic axis "
         "(`[seq]`), whose sizes the case's `sizes` lists (the first is the export size)")
     dynamic: dict[NonNegativeInt, AxisName] = Field(
@@ -250,8 +255,8 @@ class Case(_Strict):
     model: ModelSpec
     inputs: dict[str, InputSpec] = Field(min_length=1)
     outputs: Optional[list[str]] = Field(default=None, min_length=1)
-    batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1, 2], min_length=1)
-    sizes: dict[AxisName, Annotated[list[PositiveInt], Field(min_length=1)]] = Field(
+    batch_sizes: list[BatchSize] = Field(default_factory=lambda: [1, 2], min_length=1)
+    sizes: dict[AxisName, Annotated[list[Count], Field(min_length=1)]] = Field(
         default_factory=dict, description="dynamic axis name -> the sizes shape invariance runs it at; the export "
         "size is the number in the inputs' `shape`, else the first listed here")
     # The names below are checked against the registries by the loader (parity.case.load), which fills

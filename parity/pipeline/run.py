@@ -233,8 +233,9 @@ class CaseRun:
             return self.framework.run_eager(eager, inputs)
         except Exception as e:
             call = ", ".join(f"{n}: {a.dtype}[{', '.join(map(str, a.shape))}]" for n, a in inputs.items())
-            raise ReferenceFailed(f"the eager model from {self.case.model.factory} raised when called with ({call}): "
-                                  f"{short_error(e, 4)}") from None
+            raise ReferenceFailed(f"{self.case.path}: inputs: the eager model from {self.case.model.factory} raised "
+                                  f"when called with ({call}): {short_error(e, 4)}; if it takes other shapes or dtypes, "
+                                  "declare them under 'inputs' (shape per sample, without the batch dimension)") from None
 
     def _select(self, paths: list[tuple]) -> tuple[list[str], list[tuple]]:
         """(the case's output names, the key path of each) for the outputs the case compares.

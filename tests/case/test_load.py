@@ -144,11 +144,21 @@ def test_prebuilt_artefact_missing(case_dir):
 def test_load_cases_keeps_good_ones_and_reports_bad(case_dir):
     write_case(case_dir, "good", SMALL_CASE)
     write_case(case_dir, "broken", SMALL_CASE.replace("models:small", "models:nope"))
-    write_case(case_dir, "zdupe", "name: good\n" + SMALL_CASE)
+    write_case(case_dir, "other", SMALL_CASE)
     cases, errors = load_cases(case_dir)
-    assert [c.name for c in cases] == ["good"]
-    assert sorted(e.path.split("/")[-1] for e in errors) == ["broken.yaml", "zdupe.yaml"]
-    assert any("already used" in str(e) for e in errors)
+    assert [c.name for c in cases] == ["good", "other"]
+    assert [e.path.split("/")[-1] for e in errors] == ["broken.yaml"]
+
+
+def test_duplicate_case_names_name_both_files(case_dir):
+    write_case(case_dir, "good", SMALL_CASE)
+    write_case(case_dir, "zdupe", "name: good\n" + SMALL_CASE)
+    write_case(case_dir, "other", SMALL_CASE)
+    cases, errors = load_cases(case_dir)
+    assert [c.name for c in cases] == ["other"]
+    by_file = {e.path.split("/")[-1]: e for e in errors}
+    assert sorted(by_file) == ["good.yaml", "zdupe.yaml"]
+    assert "zdupe.yaml" in by_file["good.yaml"].problem and "good.yaml" in by_file["zdupe.yaml"].problem
 
 
 def test_tolerance_merge_most_specific_wins(case_dir):
@@ -337,3 +347,30 @@ def test_files_in_subdirectories_of_the_cases_directory_are_fine(case_dir):
     write_case(case_dir, "sub", SMALL_CASE + "export:\n  onnx: {artefact: artefacts/m.onnx}\n")
     cases, errors = load_cases(case_dir)
     assert [c.name for c in cases] == ["sub"] and not errors
+
+
+@pytest.mark.parametrize("body, field, says", [
+    (SMALL_CASE.replace("batch_sizes: [1, 3]", "batch_sizes: [true]"), "batch_sizes", "integer"),
+    (SMALL_CASE.replace("batch_sizes: [1, 3]", "batch_sizes: [2.0]"), "batch_sizes", "integer"),
+    (SMALL_CASE.replace("batch_sizes: [1, 3]", "batch_sizes: [1000000000]"), "batch_sizes", "4096"),
+    (SMALL_CASE.replace("batch_sizes: [1, 3]", "batch_sizes: [4096]").replace("[3, 8, 8]", "[3, 512, 512]"),
+     "batch_sizes", "GiB"),
+])
+def test_batch_sizes_are_whole_numbers_within_bounds(case_dir, body, field, says):
+    e = _error(case_dir, body)
+    assert e.field.startswith(field) and says in e.problem, (e.field, e.problem)
+
+
+def test_an_alias_bomb_is_refused_quickly(case_dir):
+    """Nested YAML aliases (a billion laughs) would cost exponential time in validation and keys."""
+    import time
+
+    bomb = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, "
+        f"*a{i - 1}, *a{i - 1}]\n" for i in range(1, 9))
+    body = SMALL_CASE.replace("  seed: 3", "  seed: 3\n  kwargs:\n" + "".join(
+        "    " + line + "\n" for line in bomb.splitlines()))
+    start = time.perf_counter()
+    e = _error(case_dir, body)
+    assert "expands to more than" in e.problem
+    assert time.perf_counter() - start < 5
