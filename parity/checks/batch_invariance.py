@@ -96,9 +96,22 @@ def check_batch_invariance(run: CaseRun, fmt: str, backend: str, session: "Conte
     except Exception as e:
         unsupported[m] = short_error(e, 2)
 
-    again = run.run_target(fmt, backend, _slice(run.pool, 0, 1))
-    random = any(not np.array_equal(again[k], solo[0][k], equal_nan=True) for k in again)
+    if n in ran:
+        random = _is_random(run, fmt, backend, run.inputs(n), run.outputs(fmt, backend, n))
+    else:
+        random = _is_random(run, fmt, backend, _slice(run.pool, 0, 1), solo[0])
     return _verdict(run, fmt, backend, rows, tol, ran, m, unsupported, random, [])
+
+
+def _is_random(run: CaseRun, fmt: str, backend: str, inputs: dict[str, np.ndarray],
+               first: dict[str, np.ndarray], tries: int = 2) -> bool:
+    """Whether running `inputs` again gives other outputs than `first`. A whole batch, twice: dropout
+    on a handful of values can repeat itself once (p=0.3 on 5 logits: 7% of the time)."""
+    for _ in range(tries):
+        again = run.run_target(fmt, backend, inputs)
+        if any(not np.array_equal(again[k], first[k], equal_nan=True) for k in again):
+            return True
+    return False
 
 
 def _fixed_batch(run: CaseRun, fmt: str, backend: str, n: int, tol, why_not_one: str) -> CheckResult:
@@ -122,8 +135,7 @@ def _fixed_batch(run: CaseRun, fmt: str, backend: str, n: int, tol, why_not_one:
     mixed = run.run_target(fmt, backend, {k: np.concatenate([first[k][:1], mates[k]]) for k in first})
     for name in batched:
         rows.append(("mixed", compare_output(name, base[name][:1], mixed[name][:1], tol)))
-    again = run.run_target(fmt, backend, run.inputs(n))
-    random = any(not np.array_equal(again[k], base[k], equal_nan=True) for k in again)
+    random = _is_random(run, fmt, backend, run.inputs(n), base)
     note = (f"no sample can run alone, so each was compared across batches of {n} instead (the batch reversed, "
             "and the first sample among very different batch-mates)")
     return _verdict(run, fmt, backend, rows, tol, [n], n, {1: why_not_one}, random, [note])

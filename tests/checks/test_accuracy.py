@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from parity.catalog import load_case
 WEIGHTS = Path(__file__).parents[2] / "cases" / "weights" / "digits_cnn.safetensors"
 
 CASE = f"""
-model: {{factory: 'parity_examples.zoo:digits_cnn', weights: {WEIGHTS}}}
+model: {{factory: 'parity_examples.zoo:digits_cnn', weights: {WEIGHTS.name}}}
 inputs: {{image: {{shape: [1, 8, 8], distribution: uniform}}}}
 outputs: [logits]
 batch_sizes: [1, 8]
@@ -34,6 +35,7 @@ def accuracy(case_dir, tmp_path, fmt, calibration="calibration: {source: digits,
     backend = "mil-ref" if fmt.startswith("coreml") else "cpu"
     body = CASE.replace("FORMAT", fmt).replace("CALIBRATION", calibration).replace(
         "backends: [cpu]", f"backends: [{backend}]")
+    shutil.copy(WEIGHTS, case_dir / WEIGHTS.name)  # files a case reads lie under its directory
     session = Session(tmp_path / "build", tmp_path / "golden", update_golden=update)
     result = session.run_check(load_case(write_case(case_dir, f"d_{fmt}", body)), fmt, backend, "accuracy")
     return result, session
