@@ -299,6 +299,26 @@ class _Reporter:
         for name, value in report.user_properties:
             if name == "parity":
                 self.records.append(value)
+                self._write_partial()
+
+    def _write_partial(self) -> None:
+        """Keep the JSON report current while the run goes on (at most every PARTIAL_EVERY_S seconds),
+        so a session killed later still leaves the records of what ran; its run file says
+        ``"complete": false`` until the end of the session rewrites both."""
+        path = self.config.getoption("parity_report")
+        now = time.time()
+        if not path or hasattr(self.config, "workerinput") or now - getattr(self, "_partial_at", 0.0) < PARTIAL_EVERY_S:
+            return
+        self._partial_at = now
+        from parity.report import Run, save
+        from parity.report.run import RUN_FORMAT
+
+        partial = Run(list(self.records))
+        partial.info = {"format": RUN_FORMAT, "complete": False, "counts": partial.counts}
+        try:
+            save(path, partial, default=_json_default)
+        except Exception:  # noqa: BLE001 - the end of the session reports a path that cannot be written
+            pass
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call):
@@ -331,6 +351,7 @@ class _Reporter:
         self.run = Run(self.records)
         self.run.info = {
             "format": RUN_FORMAT,
+            "complete": True,
             "started": datetime.fromtimestamp(self.started, timezone.utc).isoformat(timespec="seconds"),
             "finished": datetime.fromtimestamp(finished, timezone.utc).isoformat(timespec="seconds"),
             "duration_s": round(finished - self.started, 3),
@@ -446,6 +467,9 @@ class _Reporter:
                 terminalreporter.write_line(f"... {len(findings) - TERMINAL_FINDINGS} more in the reports")
         terminalreporter.write_sep("-", line)
 
+
+#: Seconds between two rewrites of the JSON report while a run goes on.
+PARTIAL_EVERY_S = 5.0
 
 #: Findings printed at the end of a pytest run (the reports have all of them).
 TERMINAL_FINDINGS = 12

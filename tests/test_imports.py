@@ -25,7 +25,7 @@ def _heavy_after(code: str, *args: str) -> list[str]:
 #: Modules that import nothing heavy, listed by hand so a new heavy import at module level shows up.
 LIGHT = ("parity", "parity.case", "parity.tolerance", "parity.compare", "parity.golden", "parity.catalog",
          "parity.checks", "parity.session", "parity.plugin", "parity.formats", "parity.frameworks",
-         "parity.versions", "parity.pipeline.run", "parity.pipeline.cache", "parity.pipeline.isolation",
+         "parity.versions", "parity.pipeline.run", "parity.pipeline.cache", "parity.pipeline.worker",
          "parity.profile", "parity.cli", "parity.report", "parity.report.html", "parity.report.markdown",
          "parity.report.diff", "parity.report.junit", "parity.report.environment", "parity.triage")
 

@@ -298,3 +298,19 @@ def test_orphan_goldens_are_listed_and_pruned_only_on_request(suite, case_dir, p
     result.stdout.fnmatch_lines(["*2 orphan golden(s) deleted*"])
     assert not (golden / "renamed_away").exists() and not (golden / "small" / "tflite-cpu.npz").exists()
     assert (golden / "small" / "onnx-cpu.npz").is_file() and (golden / "small" / "meta.json").is_file()
+
+
+def test_a_session_killed_midway_leaves_the_report_of_what_ran(suite, case_dir, pytester):
+    """An in-process export (isolate: false) that segfaults ends pytest; the JSON report written while
+    the run went on still holds the records before it, marked incomplete."""
+    import json
+
+    write_case(case_dir, "a_good", SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [torchscript]")
+               + "checks: [parity]\n")
+    write_case(case_dir, "z_crash", SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]")
+               + "checks: [parity]\nexport:\n  onnx: {function: 'models:crashing_export', isolate: false}\n")
+    result, records = suite("-p", "no:faulthandler")
+    assert result.ret != 0
+    assert [r["case"] for r in records] == ["a_good"] and records[0]["status"] == "passed"
+    run = json.loads((pytester.path / "report.run.json").read_text())
+    assert run["complete"] is False

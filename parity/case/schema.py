@@ -25,6 +25,8 @@ NonNegFloat = Annotated[float, Field(ge=0)]
 AxisName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 #: A whole number above zero, written as one: `true` or `2.0` is refused, not read as 1 or 2.
 Count = Annotated[int, Field(gt=0, strict=True)]
+#: Seconds an export may take in the worker before it is killed (export.<format>.timeout_s).
+DEFAULT_TIMEOUT_S = 900.0
 #: Largest batch size a case may list (its inputs are generated and held in memory at once).
 MAX_BATCH = 4096
 BatchSize = Annotated[int, Field(gt=0, le=MAX_BATCH, strict=True)]
@@ -171,9 +173,10 @@ class ExportSpec(_Strict):
         default_factory=dict, description="prebuilt artefact: case output name -> the artefact's own output "
         "name, where they differ (outputs are matched by name, never silently by position)")
     isolate: Optional[bool] = Field(
-        default=None, description="export in a child process, so a crash or hang fails only this format "
-        "(default: the format's setting; on for converters that import TensorFlow or coremltools)")
-    timeout_s: Annotated[float, Field(gt=0)] = Field(default=900.0, description="isolated exports are killed after this")
+        default=None, description="export in parity's export worker process, so a crash or hang fails only this "
+        "format (default: on; false runs the export in the session's own process, e.g. to debug it)")
+    timeout_s: Annotated[float, Field(gt=0)] = Field(default=DEFAULT_TIMEOUT_S, description="exports in the worker "
+                                                     "are killed after this many seconds")
 
     @field_validator("function")
     @classmethod

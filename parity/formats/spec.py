@@ -22,7 +22,7 @@ class Route:
     requires: tuple[str, ...]  # importable modules the export and the runner need
     install: str
     exporter_options: tuple[str, ...] = ()
-    isolate: bool = False  # export in a child process by default
+    isolate: bool = True  # export in the framework's worker process (False: in the session's process)
     static_batch: bool = False  # one artefact per case batch size
     distributions: tuple[str, ...] = ()  # installed packages whose versions change what the route produces
 
@@ -46,7 +46,7 @@ class FormatInfo:
     exporter_options: tuple[str, ...] = ()  # option names the built-in exporter accepts
     precision: str = "fp32"  # numeric precision of the artefact: picks the default tolerance (fp32, fp16, int8)
     linter: str | None = None  # "module:function", lint(path) -> list[parity.findings.Finding]
-    isolate: bool = False  # export in a child process by default (converters that can crash or hang)
+    isolate: bool = True  # export in the framework's worker process, where a crash or hang fails only the export
     fp32: str | None = None  # for a quantized variant: the fp32 format it is compared with (size ratio)
     runners: tuple[tuple[str, str], ...] = ()  # (backend, "module:Class") where a backend has its own runner
     static_batch: bool = False  # the artefact has a fixed batch size: exported once per case batch size
@@ -88,7 +88,7 @@ class FormatInfo:
 
 
 def keras_route(exporter: str, requires: tuple[str, ...] = ("ai_edge_litert",), options: tuple[str, ...] = (),
-                isolate: bool = False, distributions: tuple[str, ...] = ()) -> Route:
+                isolate: bool = True, distributions: tuple[str, ...] = ()) -> Route:
     """A Keras route to a format, through TensorFlow's or the format owner's own converter."""
     install = "pip install 'parity[keras]'" + (" && pip install --no-deps tf2onnx" if "tf2onnx" in requires else "")
     return Route(exporter, ("tensorflow", "keras", *requires), install, options, isolate,

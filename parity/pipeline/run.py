@@ -24,6 +24,7 @@ import numpy as np
 from parity import tolerance
 from parity.artefact import Artefact, Expected
 from parity.case import Case, load_object
+from parity.case.schema import DEFAULT_TIMEOUT_S
 from parity.errors import (BackendUnavailable, CaseError, ExportError, ReferenceFailed, RunnerError, export_hint,
                            missing_kernel, short_error)
 from parity.formats import FORMATS
@@ -373,10 +374,13 @@ class CaseRun:
         jobs = self._jobs(fmt, out_dir, sizes)
         isolate = spec.isolate if spec is not None and spec.isolate is not None else route.isolate
         start = time.perf_counter()
-        if isolate:  # one child process exports every batch size of the format
-            from parity.pipeline.isolation import export_in_child
+        if isolate:  # the framework's export worker writes every batch size of the format
+            from parity.pipeline.worker import export_in_worker
 
-            metadata, source = export_in_child(self.case, fmt, out_dir, spec.timeout_s if spec else 900.0, sizes)
+            self.output_names  # noqa: B018 - the eager reference first: a model that fails is reference-failed here
+
+            metadata, source = export_in_worker(self.case, fmt, out_dir, spec.timeout_s if spec else DEFAULT_TIMEOUT_S,
+                                                sizes, self.cache.root, self.cache.enabled)
         else:
             metadata, source = self.export_files(fmt, out_dir, sizes)
         metadata["isolated"] = bool(isolate)  # the largest batch's export metadata

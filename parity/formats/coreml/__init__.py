@@ -10,7 +10,7 @@ _CT = ("coremltools",)
 
 
 def _keras(exporter: str, options: tuple[str, ...]):
-    return keras_route(f"{_P}.keras:{exporter}", _CT, options, isolate=True, distributions=_CT)
+    return keras_route(f"{_P}.keras:{exporter}", _CT, options, distributions=_CT)
 
 
 COREML = FormatInfo(
@@ -26,7 +26,6 @@ COREML = FormatInfo(
     precision="fp32",
     inspector=f"{_P}.runner:inspect",
     linter=f"{_P}.lint:lint",
-    isolate=True,  # coremltools imports TensorFlow, jax and torchao; conversions can abort
     routes=(("keras", _keras("coreml_fp32", ("minimum_deployment_target",))),),
     distributions=("torch", "coremltools"),
     order=50,

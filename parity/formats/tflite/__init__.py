@@ -18,8 +18,7 @@ TFLITE = FormatInfo(
     static_batch=True,  # litert-torch exports a static batch only (a dynamic batch export fails)
     inspector=f"{_P}.runner:inspect",
     linter=f"{_P}.lint:lint",
-    isolate=True,  # the converter imports TensorFlow: a crash or hang must not take the suite down
-    routes=(("keras", keras_route(f"{_P}.keras:tflite", isolate=True, distributions=("ai-edge-litert",))),),
+    routes=(("keras", keras_route(f"{_P}.keras:tflite", distributions=("ai-edge-litert",))),),
     distributions=("torch", "litert-torch", "ai-edge-litert"),
     order=40,
 )
@@ -29,9 +28,9 @@ FORMATS = [
     TFLITE.variant("tflite_int8", f"{_P}.quantize:tflite_int8", "int8", order=110, exporter_options=("recipe_name",),
                    requires=(*TFLITE.requires, "ai_edge_quantizer"),
                    distributions=(*TFLITE.distributions, "ai-edge-quantizer"),
-                   keras=keras_route(f"{_P}.keras:tflite_int8", isolate=True, distributions=("ai-edge-litert",))),
+                   keras=keras_route(f"{_P}.keras:tflite_int8", distributions=("ai-edge-litert",))),
     # TFLiteConverter with Optimize.DEFAULT and no data (dynamic range: int8 weights, float
     # activations quantized per call). Keras only.
     TFLITE.variant("tflite_dynamic", f"{_P}.keras:tflite_dynamic", "int8", order=120, torch=False,
-                   keras=keras_route(f"{_P}.keras:tflite_dynamic", isolate=True, distributions=("ai-edge-litert",))),
+                   keras=keras_route(f"{_P}.keras:tflite_dynamic", distributions=("ai-edge-litert",))),
 ]

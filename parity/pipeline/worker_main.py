@@ -1,0 +1,71 @@
+"""The child side of the export worker (see :mod:`parity.pipeline.worker`).
+
+``python -m parity.pipeline.worker_main FRAMEWORK SCRATCH_DIR`` reads one request per line on its standard
+input (the validated case as JSON, the format, the output directory, the shape variant), exports
+exactly as the parent would and answers with one line on its standard output: the exporter's
+metadata, or its error message. Whatever the user's code or a converter prints goes to standard
+error, never into the answers. At the end of its input (the parent closed it, or died) it removes
+its scratch directory and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from parity.pipeline.worker import ERROR, MARK
+
+
+def main(framework: str, scratch_dir: str = "") -> int:
+    import parity._triton_first  # noqa: F401  (before anything imports TensorFlow)
+
+    from parity.case import Case
+    from parity.errors import CaseError, ExportError, short_error
+    from parity.pipeline.cache import Cache
+    from parity.pipeline.run import CaseRun
+
+    answers = os.fdopen(os.dup(1), "w", buffering=1)  # the protocol's own copy of standard output
+    os.dup2(2, 1)  # stdout (Python's and C's) now goes to stderr: prints cannot corrupt an answer
+    sys.stdout = sys.stderr
+    scratch = Path(scratch_dir) if scratch_dir else Path(tempfile.mkdtemp(prefix=f"parity-worker-{framework}-"))
+    last: tuple[str, CaseRun] | None = None  # the last case's run: its built model serves the next export
+
+    def answer(prefix: str, payload) -> None:
+        answers.write(prefix + json.dumps(payload, default=str) + "\n")
+        answers.flush()
+
+    try:
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            request: dict = {}
+            try:
+                request = json.loads(line)
+                text = json.dumps([request["case"], request.get("model_key"), request.get("cache"), request.get("use_cache")],
+                                  sort_keys=True)
+                if last is None or last[0] != text:
+                    last = None  # free the previous model first
+                    cache = Cache(request["cache"] or scratch / "cache", enabled=bool(request.get("use_cache", True)))
+                    last = (text, CaseRun(Case.model_validate(request["case"]), scratch / "build", cache))
+                run = last[1]
+                metadata, source = run.export_files(request["format"], Path(request["out_dir"]),
+                                                    request.get("sizes") or None)
+            except (ExportError, CaseError) as e:
+                answer(ERROR, str(e))
+                continue
+            except Exception as e:  # outside the exporter call: its message, not a traceback's last lines
+                answer(ERROR, f"the {request.get('format', '?')} export failed in parity's export worker: "
+                              f"{short_error(e, 3)}")
+                continue
+            answer(MARK, {"metadata": metadata, "source": source})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(*sys.argv[1:3]))
