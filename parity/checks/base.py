@@ -190,10 +190,12 @@ def verdict(title: str, rows: list[tuple[str, OutputComparison]], run: CaseRun, 
 
 
 def golden_versions() -> dict[str, Any]:
-    """Versions recorded with goldens: every package that can change an export or runtime result."""
-    from parity.versions import packages
+    """Versions recorded with goldens: every package that can change an export or runtime result, and
+    the CPU features that decide which kernels run (parity.versions.cpu_features)."""
+    from parity.versions import cpu_features, packages
 
-    return {"python": platform.python_version(), "numpy": np.__version__, **packages()}
+    return {"python": platform.python_version(), "numpy": np.__version__, **packages(),
+            "cpu_features": cpu_features()}
 
 
 def update_command(session: "Context", case: str, fmt: str = "", backend: str = "", check: str = "golden") -> str:

@@ -41,8 +41,9 @@ def what_changed(run: CaseRun, target_meta: dict, reference_moved: float) -> tup
     if reference_moved > 0:
         changes.append(f"the eager reference moved by up to {reference_moved:.3g}")
     before, now = target_meta.get("versions") or {}, golden_versions()
-    moved = [f"{k} {before[k]} -> {now[k]}" for k in sorted(set(before) & set(now)) if before[k] != now[k]]
-    moved += [f"{k} {now[k]} (new)" for k in sorted(set(now) - set(before))]
+    # only what both recorded: a golden older than a key (cpu_features) is no evidence of a change
+    moved = [f"{k} {before[k] or '(none)'} -> {now[k] or '(none)'}" for k in sorted(set(before) & set(now))
+             if before[k] != now[k]]
     if moved:
         changes.append("the environment changed: " + ", ".join(moved))
     if not changes:

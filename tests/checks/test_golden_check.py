@@ -107,3 +107,18 @@ def test_a_malformed_golden_is_named_never_a_traceback_or_a_silent_pass(case_dir
     assert "--update-golden" in result.message and "Traceback" not in result.message
     assert _check(case_dir, tmp_path, update=True).status == "passed"  # --update-golden repairs it
     assert _check(case_dir, tmp_path).status == "passed"
+
+
+def test_the_cpu_features_a_golden_was_recorded_on_are_named_when_they_change(case_dir, tmp_path):
+    from parity.versions import cpu_features
+
+    assert _record(case_dir, tmp_path).status == "passed"
+    target = tmp_path / "g" / "clean" / "onnx-cpu.json"
+    _edit_json(target, lambda d: d["versions"].update(cpu_features="fma avx2"))
+    result = _check(case_dir, tmp_path)
+    assert result.status == "passed", result.message
+    assert result.metrics["changed"] == [f"the environment changed: cpu_features fma avx2 -> {cpu_features() or '(none)'}"]
+    assert "since the golden was recorded: the environment changed: cpu_features" in result.message
+    # a golden recorded before cpu_features existed reads as unchanged, not as a change
+    _edit_json(target, lambda d: d["versions"].pop("cpu_features"))
+    assert _check(case_dir, tmp_path).metrics["changed"] == []
