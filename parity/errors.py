@@ -27,9 +27,10 @@ class ExportError(ParityError):
     ``cause`` (a name of :mod:`parity.causes`) is ``unsupported`` where the failure is a known limit
     of the route rather than a converter bug."""
 
-    def __init__(self, message: str, cause: Optional[str] = None) -> None:
+    def __init__(self, message: str, cause: Optional[str] = None, transient: bool = False) -> None:
         super().__init__(message)
         self.cause = cause or ("unsupported" if export_hint(message) else "export-failed")
+        self.transient = transient  # a hang's timeout may depend on the machine's load: never cached
 
 
 class RunnerError(ParityError):

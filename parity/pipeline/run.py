@@ -349,18 +349,29 @@ class CaseRun:
 
         key = export_key(self.case, fmt, sizes)
         entry = self.cache.entry("export", key)
+        failed = self.cache.entry("export-failed", key)  # the same key: a known failure is not retried
         with self.cache.lock(entry):
             if self.cache.complete(entry):
                 data = self.cache.read_json(entry, "artefact.json")
                 metadata = {**data["metadata"], "cached": True, "cache_key": key}
                 return Artefact(fmt, entry / data["file"], data["source"], data["input_names"], data["output_names"],
                                 metadata, {int(b): entry / name for b, name in data["batch_files"].items()})
-            with self.cache.writing(entry) as tmp:
-                artefact = self._export(fmt, tmp, sizes)
-                (tmp / "artefact.json").write_text(json.dumps({
-                    "file": artefact.path.name, "source": artefact.source, "input_names": artefact.input_names,
-                    "output_names": artefact.output_names, "metadata": artefact.metadata,
-                    "batch_files": {b: p.name for b, p in artefact.batch_paths.items()}}, default=str))
+            if self.cache.complete(failed):
+                known = self.cache.read_json(failed, "error.json") or {}
+                raise ExportError(f"{known.get('message', '?')} [a known failure, from the export cache: nothing the "
+                                  "export depends on changed since; --parity-no-cache retries it]", known.get("cause"))
+            try:
+                with self.cache.writing(entry) as tmp:
+                    artefact = self._export(fmt, tmp, sizes)
+                    (tmp / "artefact.json").write_text(json.dumps({
+                        "file": artefact.path.name, "source": artefact.source, "input_names": artefact.input_names,
+                        "output_names": artefact.output_names, "metadata": artefact.metadata,
+                        "batch_files": {b: p.name for b, p in artefact.batch_paths.items()}}, default=str))
+            except ExportError as e:
+                if not e.transient:
+                    with self.cache.writing(failed) as tmp:
+                        (tmp / "error.json").write_text(json.dumps({"message": str(e), "cause": e.cause}))
+                raise
             artefact.path = entry / artefact.path.name
             artefact.batch_paths = {b: entry / p.name for b, p in artefact.batch_paths.items()}
             artefact.metadata.update(cached=False, cache_key=key)

@@ -139,7 +139,8 @@ class ExportWorker:
             except queue.Empty:
                 self._kill()
                 raise ExportError(f"the {fmt} export hung: killed after {timeout_s:g} s (export.{fmt}.timeout_s); "
-                                  "it ran in parity's export worker, so the rest of the suite runs on") from None
+                                  "it ran in parity's export worker, so the rest of the suite runs on",
+                                  transient=True) from None
             if line is None:
                 return self._died(fmt)
             if line.startswith(ERROR):

@@ -73,10 +73,35 @@ def test_weights_content_is_part_of_the_key(case_dir, tmp_path):
     assert torch  # imported for safetensors.torch
 
 
-def test_failed_export_is_not_cached(case_dir, tmp_path):
-    path = write_case(case_dir, "b", BODY + "export:\n  onnx: {function: 'models:broken_export'}\n")
-    assert parity_run(tmp_path, path).status == "error"
+COUNTING = '''
+from pathlib import Path
+
+CALLS = Path(__file__).with_name("calls.txt")
+
+
+def counting_broken_export(model, example_inputs, path):
+    CALLS.write_text(CALLS.read_text() + "x" if CALLS.exists() else "x")
+    raise RuntimeError("converter exploded VERSION")
+'''
+
+
+def test_a_failed_export_is_cached_under_its_key_until_something_in_it_changes(case_dir, tmp_path):
+    """A known-broken conversion is not retried on every run; a change to its key (here the export
+    function's source) retries it, and --parity-no-cache always does."""
+    exporter = case_dir / "counting.py"
+    exporter.write_text(COUNTING.replace("VERSION", "v1"))
+    path = write_case(case_dir, "b", BODY + "export:\n  onnx: {function: 'counting:counting_broken_export'}\n")
+    first = parity_run(tmp_path, path)
+    assert first.status == "error" and "converter exploded v1" in first.message
     assert not [p for p in (tmp_path / "build" / "cache" / "export").iterdir() if not p.name.endswith(".lock")]
+    again = parity_run(tmp_path, path)
+    assert again.status == "error" and again.cause == first.cause
+    assert "converter exploded v1" in again.message and "a known failure, from the export cache" in again.message
+    assert (case_dir / "calls.txt").read_text() == "x"  # not run again
+    exporter.write_text(COUNTING.replace("VERSION", "v2"))
+    assert "converter exploded v2" in parity_run(tmp_path, path).message
+    assert (case_dir / "calls.txt").read_text() == "xx"
+    assert "known failure" not in parity_run(tmp_path, path, use_cache=False).message
 
 
 def test_cached_reference_equals_recomputed(case_dir, tmp_path):
