@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import hashlib
 import importlib
 import importlib.machinery
 import importlib.util
@@ -277,14 +278,25 @@ def import_from_case(case: Case, target: str):
         field = next((f"export.{fmt}.function" for fmt, e in case.export.items() if e.function == target),
                      "model.factory")
         check_no_shadowing(target, case.directory, case.path, field)
-        stamp = (str(local.resolve()), local.stat().st_mtime_ns)
+        # the content, not the mtime: two edits within one clock tick (or one second, for a .pyc)
+        # keep the mtime and the size, and a persistent export worker would run the old code
+        stamp = (str(local.resolve()), hashlib.sha256(local.read_bytes()).hexdigest())
         if getattr(sys.modules.get(top), "__parity_stamp__", None) != stamp:
             _load_file(top, local).__parity_stamp__ = stamp
     return load_object(target)
 
 
+class _SourceLoader(importlib.machinery.SourceFileLoader):
+    """Compiles the file as it is now: a ``__pycache__`` entry is validated by the source's mtime in
+    whole seconds and its size, so an edit within the same second to a file of the same size would
+    load the previous code."""
+
+    def get_code(self, fullname):
+        return compile(self.get_data(self.path), self.path, "exec", dont_inherit=True)
+
+
 def _load_file(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
+    spec = importlib.util.spec_from_file_location(name, path, loader=_SourceLoader(name, str(path)))
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)

@@ -44,3 +44,18 @@ def test_two_case_directories_with_a_models_py_each_get_their_own(tmp_path):
     case_b = load_case(second / "c.yaml")  # checked against b/helpers.py, not the module a/ loaded
     assert import_from_case(case_b, "helpers:value")() == 2
     assert import_from_case(case_a, "helpers:value")() == 1
+
+
+def test_an_edit_that_keeps_the_size_and_the_mtime_still_loads_the_new_code(case_dir):
+    """A persistent export worker re-imports a case's module when its content changes, even when the
+    edit keeps the file's size and lands in the same clock tick (where mtime and the .pyc agree)."""
+    import os
+
+    module = case_dir / "sameclock.py"
+    module.write_text("def value():\n    return 'v1'\n")
+    case = load_case(write_case(case_dir, "s", SMALL_CASE))
+    stat = module.stat()
+    assert import_from_case(case, "sameclock:value")() == "v1"
+    module.write_text("def value():\n    return 'v2'\n")
+    os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same mtime
+    assert import_from_case(case, "sameclock:value")() == "v2"
