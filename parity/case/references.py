@@ -163,14 +163,44 @@ def _module_origin(module_name: str, search: list[str]) -> Optional[str]:
     """The file `module_name` would be imported from (with `search` on sys.path), without importing it.
 
     A module file in `search` wins over one of the same name already imported (from another case
-    directory): import_from_case loads the case's own."""
-    if "." not in module_name:
+    directory): import_from_case loads the case's own. For a dotted name the packages on the way are
+    not imported either (``importlib.util.find_spec('torchvision.models')`` would import torchvision,
+    and with it torch: 3 s and 1 GiB for a case whose artefact is prebuilt); only where a package
+    hides its submodules from the path finder (an import hook) is the parent imported after all."""
+    top, _, rest = module_name.partition(".")
+    spec = None
+    try:
+        spec = importlib.machinery.PathFinder.find_spec(top, search)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or spec.origin in (None, "namespace"):  # a bare directory yields to a module anywhere
+        added = [d for d in search if d not in sys.path]
+        sys.path[:0] = added
         try:
-            local = importlib.machinery.PathFinder.find_spec(module_name, search)
+            try:
+                spec = importlib.util.find_spec(top)  # a top-level name: nothing is imported
+            except (ImportError, ValueError):
+                spec = None
+        finally:
+            for d in added:
+                sys.path.remove(d)
+    name = top
+    for part in rest.split(".") if rest else []:
+        name = f"{name}.{part}"
+        locations = list(spec.submodule_search_locations or []) if spec is not None else []
+        try:
+            found = importlib.machinery.PathFinder.find_spec(name, locations) if locations else None
         except (ImportError, ValueError):
-            local = None
-        if local is not None and local.origin:
-            return local.origin
+            found = None
+        if found is None and spec is not None and locations:
+            return _imported_origin(module_name, search)  # an import hook or a dynamic __path__
+        spec = found
+        if spec is None:
+            return None
+    return None if spec is None else (spec.origin or "")
+
+
+def _imported_origin(module_name: str, search: list[str]) -> Optional[str]:
     added = [d for d in search if d not in sys.path]
     sys.path[:0] = added
     try:

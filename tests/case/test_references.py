@@ -59,3 +59,23 @@ def test_an_edit_that_keeps_the_size_and_the_mtime_still_loads_the_new_code(case
     module.write_text("def value():\n    return 'v2'\n")
     os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same mtime
     assert import_from_case(case, "sameclock:value")() == "v2"
+
+
+def test_a_factory_in_a_subpackage_is_found_without_importing_its_package(case_dir):
+    """Loading a case reads where `pkg.sub:f` lives without running pkg/__init__.py (for torchvision
+    that is importing torch: 3 s and a GiB for a case whose artefact is prebuilt)."""
+    package = case_dir / "heavypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise RuntimeError('heavypkg was imported')\n")
+    (package / "models.py").write_text("import keras\n\n\ndef build():\n    pass\n")
+    case = load_case(write_case(case_dir, "h", SMALL_CASE.replace("models:small", "heavypkg.models:build")
+                                                    .replace("[torchscript, onnx]", "[onnx]")))
+    assert "heavypkg" not in sys.modules
+    assert case.framework == "keras"  # read from heavypkg/models.py's source, not guessed
+
+
+def test_a_missing_submodule_is_named_at_load(case_dir):
+    (case_dir / "pkg2").mkdir()
+    (case_dir / "pkg2" / "__init__.py").write_text("")
+    with pytest.raises(CaseError, match="cannot find module 'pkg2.nothere'"):
+        load_case(write_case(case_dir, "m", SMALL_CASE.replace("models:small", "pkg2.nothere:build")))
