@@ -18,6 +18,7 @@ import pytest
 
 from parity.errors import CaseError
 
+_ADAPTER = pytest.StashKey["Optional[_SessionAdapter]"]()
 _CASES = pytest.StashKey[tuple]()
 _NO_CASES = pytest.StashKey[bool]()
 
@@ -259,8 +260,26 @@ class _SessionAdapter:
 @pytest.fixture(scope="session")
 def parity_session(request: pytest.FixtureRequest):
     adapter = _SessionAdapter(request.config)
+    request.config.stash[_ADAPTER] = adapter
     yield adapter
+    request.config.stash[_ADAPTER] = None
     adapter.close()
+
+
+def _case_of(item) -> Optional[str]:
+    callspec = getattr(item, "callspec", None)
+    target = callspec.params.get("parity_target") if callspec is not None else None
+    return target.case.name if target is not None and target.load_error is None else None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: Optional[pytest.Item]) -> None:
+    """A case's last test frees its models, runtime sessions and outputs: memory stays that of one case,
+    not of every case run so far (a case whose tests come back later is rebuilt from the cache)."""
+    name = _case_of(item)
+    adapter = item.config.stash.get(_ADAPTER, None)
+    if name is not None and adapter is not None and (nextitem is None or _case_of(nextitem) != name):
+        adapter.engine.finish_case(name)
 
 
 class _Reporter:

@@ -73,6 +73,13 @@ class Session:
             return CheckResult("error", f"{short_error(e)}\n(at {where})", cause="harness-error",
                                why=short_error(e, 1))
 
+    def finish_case(self, name: str) -> None:
+        """Free what the case holds (its model, runtime sessions, outputs); a later check of it starts
+        a fresh CaseRun, served by the cache."""
+        run = self._runs.pop(name, None)
+        if run is not None:
+            run.close()
+
     def close(self) -> None:
         for run in self._runs.values():
             run.close()

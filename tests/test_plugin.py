@@ -314,3 +314,26 @@ def test_a_session_killed_midway_leaves_the_report_of_what_ran(suite, case_dir, 
     assert [r["case"] for r in records] == ["a_good"] and records[0]["status"] == "passed"
     run = json.loads((pytester.path / "report.run.json").read_text())
     assert run["complete"] is False
+
+
+def test_a_finished_case_frees_its_sessions_before_the_next_case_runs(suite, case_dir, pytester):
+    """Memory is that of one case at a time: a case's runtime sessions are closed after its last test."""
+    body = SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]") + "checks: [parity, determinism]\n"
+    write_case(case_dir, "a", body)
+    write_case(case_dir, "b", body)
+    seen = pytester.path / "alive.txt"
+    pytester.makepyfile(aliveplug=f'''
+import parity.plugin
+
+def pytest_runtest_setup(item):
+    adapter = item.config.stash.get(parity.plugin._ADAPTER, None)
+    alive = sorted(adapter.engine._runs) if adapter is not None else []
+    with open({str(seen)!r}, "a") as f:
+        f.write(item.name + " " + ",".join(alive) + "\\n")
+''')
+    result, records = suite("-p", "aliveplug")
+    result.assert_outcomes(passed=4)
+    lines = dict(line.split(" ") for line in seen.read_text().splitlines())
+    assert lines["test_parity[a-onnx-cpu-determinism]"] == "a"  # kept across the checks of one case
+    assert lines["test_parity[b-onnx-cpu-parity]"] == ""          # a's runs were freed
+    assert lines["test_parity[b-onnx-cpu-determinism]"] == "b"
