@@ -147,16 +147,30 @@ def infer_framework(target: str, search: list[str]) -> str:
     if not origin or not origin.endswith(".py"):
         return "torch"
     try:
-        tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
+        imported = _parse(origin)[1]
     except (OSError, SyntaxError, UnicodeDecodeError):
         return "torch"
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            imported.add(node.module.split(".")[0])
     return "keras" if imported & _KERAS_MODULES and "torch" not in imported else "torch"
+
+
+_PARSED: dict[tuple, tuple[ast.Module, frozenset]] = {}
+
+
+def _parse(origin: str) -> tuple[ast.Module, frozenset]:
+    """The module's syntax tree and the top-level packages it imports (absolute imports, anywhere in
+    it), read once per version of the file: a hundred cases sharing a factory module parse it once."""
+    stat = Path(origin).stat()
+    key = (origin, stat.st_mtime_ns, stat.st_size)
+    if key not in _PARSED:
+        tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
+        imported: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
+        _PARSED[key] = (tree, frozenset(imported))
+    return _PARSED[key]
 
 
 def _module_origin(module_name: str, search: list[str]) -> Optional[str]:
@@ -265,7 +279,7 @@ def _check_callable(target: str, search: list[str], shown: str, field: str) -> N
                         f"or a .py file beside the case file)")
     if origin and origin.endswith(".py"):
         try:
-            tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
+            tree = _parse(origin)[0]
         except (OSError, SyntaxError) as e:
             raise CaseError(shown, field, f"cannot parse {origin}: {e}") from None
         names = _top_level_names(tree)
