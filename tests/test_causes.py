@@ -65,7 +65,8 @@ CASES = {
     "nan": (SMALL_CASE.replace("[torchscript, onnx]", "[onnx]")
             + "checks: [parity]\nexport:\n  onnx: {function: 'planted:nan_export'}\n", "nonfinite"),
     "tiny": (SMALL_CASE.replace("models:small", "models:tiny_outputs").replace("[torchscript, onnx]", "[torchscript]")
-             + "checks: [parity]\nexport:\n  torchscript: {function: 'planted:half_export'}\n", "precision-limit"),
+             + "checks: [parity, batch_invariance]\nexport:\n  torchscript: {function: 'planted:half_export'}\n",
+             "precision-limit"),
     "kernel": ("model: {factory: 'planted:double_gelu'}\ninputs: {x: {shape: [6], dtype: float64}}\n"
                "formats: [onnx]\nbackends: [cpu]\nchecks: [parity]\n", "unsupported"),
     "broken": (SMALL_CASE.replace("[torchscript, onnx]", "[onnx]")
@@ -116,6 +117,8 @@ def test_one_finding_per_cause_most_severe_first(run):
     assert trained.checks == {"parity": 1, "batch_invariance": 1, "lint": 1}  # three tests, one cause
     broken = next(f for f in findings if f.cause == "export-failed")
     assert broken.checks == {"parity": 1, "batch_invariance": 1} and broken.format == "onnx"
+    tiny = next(f for f in findings if f.case == "tiny")  # underflow, never "small differences per batch size"
+    assert tiny.cause == "precision-limit" and tiny.checks == {"parity": 1, "batch_invariance": 1}
     out = proc.stdout
     assert "parity findings: 5 cause(s), most severe first" in out
     lines = [line for line in out.splitlines() if line.startswith("[")]
