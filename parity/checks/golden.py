@@ -8,8 +8,8 @@ import numpy as np
 
 from parity.checks.base import Check, CheckResult, Context
 from parity.pipeline.run import CaseRun
-from parity.checks.base import golden_versions, update_command, verdict
-from parity.compare import OutputComparison, compare_outputs
+from parity.checks.base import golden_versions, precision, update_command, verdict
+from parity.compare import FP16_TINY, OutputComparison, compare_outputs
 from parity.golden import key
 from parity.pipeline.cache import model_identity
 
@@ -18,12 +18,6 @@ from parity.pipeline.cache import model_identity
 VOLATILE = ("path", "export_s", "size_bytes", "cached", "cache_key", "isolated")
 
 
-def _refusal_cause(refused: str) -> str:
-    if "NaN/Inf" in refused:
-        return "nonfinite"
-    if "underflow" in refused:
-        return "precision-limit"
-    return "vacuous"
 
 
 def _no_golden(message: str) -> CheckResult:
@@ -94,9 +88,14 @@ def _write_case_golden(run: CaseRun, session: "Context") -> None:
     run.golden_case_written = True
 
 
-def _unrecordable(run: CaseRun, fmt: str, backend: str) -> str:
-    """Why these outputs must not become a golden ('' if they may): a golden that cannot tell a right
-    export from a wrong one, or one that records a broken export, would pass every later run."""
+def _unrecordable(run: CaseRun, fmt: str, backend: str) -> tuple[str, str]:
+    """(why, cause) these outputs must not become a golden (('', '') if they may): a golden that cannot
+    tell a right export from a wrong one, or one that records a broken export, would pass every later run.
+
+    Zeros where the eager model is not are underflow (precision-limit) by parity's rule for the
+    parity check (checks.base.numeric_cause): at least half the elements nonzero and below fp16's
+    smallest normal, in a reduced-precision format or with every value that small; else the export
+    computes wrong values (numerics)."""
     for b in run.case.batch_sizes:
         reference, obtained = run.reference(b), run.outputs(fmt, backend, b)
         for name, ref in reference.items():
@@ -106,14 +105,19 @@ def _unrecordable(run: CaseRun, fmt: str, backend: str) -> str:
                 continue
             allowed = run.tolerance_for(fmt, backend, name).allow_vacuous
             if np.isfinite(ref).all() and not np.isfinite(out).all():
-                return f"output {name!r} at batch {b} has NaN/Inf where the eager model has none"
+                return f"output {name!r} at batch {b} has NaN/Inf where the eager model has none", "nonfinite"
             if not allowed and ref.size and not np.any(ref):
                 return (f"the eager reference of {name!r} is all zeros at batch {b}, so a golden could not fail "
-                        "(set tolerance.allow_vacuous if that is intended)")
+                        "(set tolerance.allow_vacuous if that is intended)"), "vacuous"
             if not allowed and np.any(ref) and not np.any(out):
-                return (f"output {name!r} at batch {b} is all zeros where the eager model's is not (largest "
-                        f"|value| {float(np.abs(ref).max()):.3g}): values below {fmt}'s precision underflow")
-    return ""
+                largest = float(np.nanmax(np.abs(ref)))
+                tiny = int(((ref != 0) & (np.abs(ref) < FP16_TINY)).sum())
+                zeros = f"output {name!r} at batch {b} is all zeros where the eager model's is not (largest |value| "
+                if tiny >= 0.5 * ref.size and (precision(fmt) != "fp32" or largest < FP16_TINY):
+                    return (f"{zeros}{largest:.3g}): values below {fmt}'s precision underflow (fp16's smallest "
+                            f"normal is {FP16_TINY:.2g})"), "precision-limit"
+                return f"{zeros}{largest:.3g}): the export returns zeros", "numerics"
+    return "", ""
 
 
 def _errors_vs_reference(run: CaseRun, fmt: str, backend: str) -> dict[str, dict[str, float]]:
@@ -167,11 +171,10 @@ def check_golden(run: CaseRun, fmt: str, backend: str, session: "Context") -> Ch
     fingerprint = case.input_fingerprint()
 
     if session.update_golden:
-        refused = _unrecordable(run, fmt, backend)
+        refused, cause = _unrecordable(run, fmt, backend)
         if refused:
             return CheckResult("failed", f"golden of {case.name} {fmt}/{backend} not recorded: {refused}; nothing "
-                               "was written for this target", {"golden_refused": refused},
-                               cause=_refusal_cause(refused), why=refused)
+                               "was written for this target", {"golden_refused": refused}, cause=cause, why=refused)
         _write_case_golden(run, session)
         arrays = {key(name, b): arr for b in sizes for name, arr in run.outputs(fmt, backend, b).items()}
         errors = _errors_vs_reference(run, fmt, backend)

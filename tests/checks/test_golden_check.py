@@ -26,6 +26,19 @@ def zeroing_export(model, example_inputs, path):
     return _export(model, example_inputs, path)
 
 
+class _Half(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x).half().float()  # what an fp16 program returns for outputs of 1e-13
+
+
+def half_export(model, example_inputs, path):
+    return _export(_Half(model), example_inputs, path)
+
+
 def nan_export(model, example_inputs, path):
     with torch.no_grad():
         model.fc.bias.fill_(float("nan"))
@@ -33,9 +46,10 @@ def nan_export(model, example_inputs, path):
 '''
 
 
-def _record(case_dir, tmp_path, export_function: str = ""):
+def _record(case_dir, tmp_path, export_function: str = "", factory: str = "small"):
     (case_dir / "planted.py").write_text(EXPORTS, encoding="utf-8")
-    body = SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]")
+    body = SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]").replace("models:small",
+                                                                                         f"models:{factory}")
     if export_function:
         body += f"export:\n  onnx: {{function: 'planted:{export_function}'}}\n"
     session = Session(tmp_path / "b", tmp_path / "g", update_golden=True)
@@ -46,12 +60,20 @@ def _record(case_dir, tmp_path, export_function: str = ""):
         session.close()
 
 
-@pytest.mark.parametrize("export_function, cause", [("zeroing_export", "all zeros where the eager model's is not"),
-                                                    ("nan_export", "NaN/Inf where the eager model has none")])
-def test_update_golden_refuses_a_golden_that_could_not_fail(case_dir, tmp_path, export_function, cause):
-    result = _record(case_dir, tmp_path, export_function)
-    assert result.status == "failed" and cause in result.message, result.message
-    assert not (tmp_path / "g" / export_function).exists()  # nothing half-written
+@pytest.mark.parametrize("export_function, factory, why, cause", [
+    # an fp32 export returning zeros where the eager model's logits are about 0.5: wrong values, not underflow
+    ("zeroing_export", "small", "all zeros where the eager model's is not (largest |value| 0.5", "numerics"),
+    # the eager model's logits of 5e-14 through fp16: underflow
+    ("half_export", "tiny_outputs", "values below onnx's precision underflow", "precision-limit"),
+    ("nan_export", "small", "NaN/Inf where the eager model has none", "nonfinite"),
+    ("", "zeros", "the eager reference of 'logits' is all zeros", "vacuous"),
+])
+def test_update_golden_refuses_a_golden_that_could_not_fail(case_dir, tmp_path, export_function, factory, why, cause):
+    result = _record(case_dir, tmp_path, export_function, factory)
+    assert result.status == "failed" and why in result.message, result.message
+    assert result.cause == cause, (result.cause, result.why)
+    assert "underflow" not in result.why or cause == "precision-limit"
+    assert not (tmp_path / "g" / (export_function or "clean")).exists()  # nothing half-written
 
 
 def test_update_golden_records_a_clean_model(case_dir, tmp_path):
