@@ -397,7 +397,10 @@ class CaseRun:
         metadata["isolated"] = bool(isolate)  # the largest batch's export metadata
         metadata["export_s"] = round(time.perf_counter() - start, 3)
         self.timings[f"export_{fmt}_s"] = metadata["export_s"]
-        batch_paths = {size: path for size, path, _ in jobs if size is not None}
+        batch_paths = {} if metadata.get("one_artefact") else \
+            {size: path for size, path, _ in jobs if size is not None}
+        if metadata.get("one_artefact"):
+            metadata["batch"] = f"static, one artefact: {metadata['one_artefact']}"
         if batch_paths:
             metadata["batch"] = "static: one artefact per batch size"
             metadata["artefacts"] = {f"b{size}": path.name for size, path in batch_paths.items()}
@@ -439,19 +442,69 @@ class CaseRun:
         return [(None, out_dir / f"model{info.suffix}", self.example_inputs())]
 
     def export_files(self, fmt: str, out_dir: Path, sizes: Optional[dict[str, int]] = None) -> tuple[dict, str]:
-        """Write every file of `fmt` into `out_dir` in this process; (metadata of the last, source)."""
-        metadata: dict = {}
-        source = ""
-        for size, path, inputs in self._jobs(fmt, out_dir, sizes):
-            model = self.model_for_export()  # torch: a pristine copy (tracing may mutate it)
-            try:
-                metadata, source = self.export_module(fmt, model, self.framework.export_inputs(inputs), path,
-                                                      list(self.case.inputs), self.output_names, whole=True)
-            except ExportError as e:
-                if size is None:
-                    raise
-                raise ExportError(f"{e} (batch size {size})") from e
+        """Write every file of `fmt` into `out_dir` in this process; (metadata of the largest, source).
+
+        A static-batch format is exported once, at the largest batch size, and kept as the one
+        artefact of every batch size when its runner, resized to each smaller batch, gives the first
+        rows of its own largest-batch outputs (within the batch-invariance tolerance of its
+        precision). Otherwise (a reshape with the batch baked in refuses to resize, or a model that
+        mixes samples gives other rows) it is exported once per batch size, and the metadata says why.
+        """
+        jobs = self._jobs(fmt, out_dir, sizes)
+        largest, path, inputs = jobs[-1]
+        metadata, source = self._export_one(fmt, largest, path, inputs)
+        if len(jobs) == 1:
+            return metadata, source
+        reason = self._resize_refused(fmt, path, source, metadata, [size for size, _, _ in jobs])
+        if reason is None:
+            metadata["one_artefact"] = (f"exported at batch size {largest} and resized to "
+                                        f"{', '.join(str(size) for size, _, _ in jobs[:-1])} at run time: resizing it "
+                                        "was checked at export (same rows as at the largest batch)")
+            return metadata, source
+        metadata["per_batch_export"] = reason
+        for size, other, other_inputs in jobs[:-1]:
+            self._export_one(fmt, size, other, other_inputs)
         return metadata, source
+
+    def _export_one(self, fmt: str, size: Optional[int], path: Path, inputs: dict) -> tuple[dict, str]:
+        model = self.model_for_export()  # torch: a pristine copy (tracing may mutate it)
+        try:
+            return self.export_module(fmt, model, self.framework.export_inputs(inputs), path,
+                                      list(self.case.inputs), self.output_names, whole=True)
+        except ExportError as e:
+            if size is None:
+                raise
+            raise ExportError(f"{e} (batch size {size})") from e
+
+    def _resize_refused(self, fmt: str, path: Path, source: str, metadata: dict, batch_sizes: list[int]) \
+            -> Optional[str]:
+        """None when the artefact at `path` (exported at the largest of `batch_sizes`) serves every batch
+        size resized; else why not, in one line."""
+        info = FORMATS[fmt]
+        artefact = Artefact(fmt, path, source, list(self.case.inputs), self.output_names, dict(metadata), {})
+        largest = max(batch_sizes)
+        scale = tolerance.INVARIANCE_SCALES[self.precision(fmt)]
+        try:
+            self._inspect(artefact)  # what the runner needs to feed it (layout)
+            runner = load_object(info.runner_for("cpu"))(artefact, "cpu").activate()
+            try:
+                full = runner.infer(self.inputs(largest))
+                for size in batch_sizes[:-1]:
+                    for name, got, whole in zip(self.output_names, runner.infer(self.inputs(size)), full):
+                        want = np.asarray(whole)[:size]
+                        got = np.asarray(got)
+                        if got.shape != want.shape:
+                            return f"resized to batch {size}, output {name} has shape {got.shape}, not {want.shape}"
+                        err = float(np.max(np.abs(got.astype(np.float64) - want), initial=0.0))
+                        bound = scale * float(np.max(np.abs(want), initial=0.0))
+                        if not np.isfinite(err) or err > bound:
+                            return (f"resized to batch {size}, output {name} differs from the first rows at batch "
+                                    f"{largest} by {err:.3g} (more than {scale:g} x max|output|)")
+            finally:
+                runner.deactivate()
+        except Exception as e:  # the runtime refused the resize, or the artefact cannot run: per batch size
+            return f"resizing to another batch size failed: {short_error(e, 1)}"
+        return None
 
     def expected(self, fmt: str = "", sizes: Optional[dict[str, int]] = None) -> Expected:
         """Shapes and dtypes the case gives and expects, per batch size, and the precision `fmt`
@@ -638,8 +691,11 @@ class CaseRun:
             return [Finding(**f) for f in json.loads(stored.read_text())]
         start = time.perf_counter()
         function = load_object(linter)
-        if artefact.batch_paths and "batch_paths" in inspect.signature(function).parameters:
-            findings = function(artefact.path, batch_paths=artefact.batch_paths)  # to trace the batch axis
+        # the batch each file was traced at tells the batch axis apart (one resized artefact: the largest)
+        batch_paths = artefact.batch_paths or \
+            ({max(self.case.batch_sizes): artefact.path} if artefact.metadata.get("one_artefact") else {})
+        if batch_paths and "batch_paths" in inspect.signature(function).parameters:
+            findings = function(artefact.path, batch_paths=batch_paths)  # to trace the batch axis
         else:
             findings = function(artefact.path)
         self._time(f"lint_{fmt}_s", start)

@@ -3,7 +3,9 @@
 litert-torch exports a static batch only: asking it for a dynamic batch fails, and
 ``Interpreter.resize_tensor_input`` on the static model fails as soon as the graph holds a reshape
 with the batch baked in (a flatten before the classifier: tiny_cnn, resnet18). The registry marks
-the format ``static_batch``, so the engine calls this exporter once per batch size of the case.
+the format ``static_batch``: the engine exports at the largest batch size of the case, keeps that one
+artefact for every batch size where resizing it gives the same rows, and otherwise calls this
+exporter once per batch size.
 """
 
 from __future__ import annotations

@@ -43,6 +43,18 @@ def features():
     return Features().eval()
 
 
+class Mixing(Features):
+    """Convolutions only (resizable), but each sample's output depends on its batch-mates."""
+
+    def forward(self, x):
+        return torch.relu(self.conv(x - x.mean(0, keepdim=True)))
+
+
+def mixing():
+    torch.manual_seed(1)
+    return Mixing().eval()
+
+
 def swapped_hw_export(model, example_inputs, path):
     """A buggy mobile export: takes NHWC, but reads it as N, W, H, C (height and width swapped)."""
     import litert_torch
@@ -102,6 +114,8 @@ def test_clean_nhwc_and_wrong_layout(suite, case_dir):
     artefact = cpu["metrics"]["artefact"]
     assert artefact["batch"] == "static: one artefact per batch size"
     assert artefact["artefacts"] == {"b1": "model.b1.tflite", "b3": "model.b3.tflite"}
+    # flatten -> fc bakes the batch into a reshape: the batch-3 file refused batch 1, so each size has its own
+    assert artefact["per_batch_export"].startswith("resizing to another batch size failed")
     assert artefact["layout"] == {"inputs": {"x": "as the case"}, "outputs": {"logits": "as the case"}}
     assert "FULLY_CONNECTED" in artefact["ops"]
     assert "XNNPACK" in cpu["metrics"]["runner"] and "BUILTIN_REF" in ref["metrics"]["runner"]
@@ -111,6 +125,11 @@ def test_clean_nhwc_and_wrong_layout(suite, case_dir):
     # NHWC in and out: transposed by the harness, said in the report, and correct
     nhwc = records["nhwc-tflite-cpu-parity"]
     assert nhwc["status"] == "passed", nhwc["message"]
+    # convolutions only: one artefact, exported at batch 3, serves batch 1 resized (checked at export)
+    one = nhwc["metrics"]["artefact"]
+    assert one["batch"].startswith("static, one artefact: exported at batch size 3 and resized to 1")
+    assert "artefacts" not in one and Path(one["path"]).name == "model.b3.tflite"
+    assert not Path(one["path"]).with_name("model.b1.tflite").exists()
     assert nhwc["metrics"]["artefact"]["layout"] == {"inputs": {"x": "channels-last"},
                                                      "outputs": {"output": "channels-last"}}
     assert "inputs x are channels-last (NHWC)" in nhwc["message"]
@@ -254,3 +273,23 @@ def test_batch_axes_are_the_dimensions_that_change_with_batch_size():
     assert batch_axes({1: (1, 5, 16), 3: (1, 15, 16)}) == {1}  # batch folded into axis 1, axis 0 is not it
     assert batch_axes({1: (1, 4, 8, 8), 3: (3, 4, 8, 8)}) == {0}
     assert batch_axes({3: (3, 4)}) is None  # one size: unknown
+
+
+def test_a_resizable_model_that_mixes_samples_is_exported_per_batch_size(case_dir, tmp_path):
+    """One artefact serves every batch size only when resizing it gives the same rows; a model whose
+    rows depend on the batch gets one artefact per batch size (as it would be deployed), and says why."""
+    from parity.catalog import load_case
+    from parity.session import Session
+
+    (case_dir / "tflite_models.py").write_text(TFLITE_MODELS)
+    session = Session(tmp_path / "build", tmp_path / "golden")
+    try:
+        mixing = session.case_run(load_case(write_case(case_dir, "mixing", FEATURES_CASE.replace("features", "mixing"))))
+        artefact = mixing.artefact("tflite")
+        assert set(artefact.batch_paths) == {1, 3}
+        assert "resized to batch 1, output output differs from the first rows at batch 3" in \
+            artefact.metadata["per_batch_export"]
+        clean = session.case_run(load_case(write_case(case_dir, "clean", FEATURES_CASE)))
+        assert clean.artefact("tflite").batch_paths == {} and "one_artefact" in clean.artefact("tflite").metadata
+    finally:
+        session.close()
