@@ -33,8 +33,9 @@ _CAUSES = (
           "backend a determinism tolerance"),
     Cause("export-failed", "format", "the converter raised: no artefact was written",
           "read the converter's own line in the message; change the model there or export through another route"),
-    Cause("load-failed", "format", "the artefact was written, but its runtime cannot load it",
-          "check the runtime's version against the exporter's, or re-export"),
+    Cause("load-failed", "format", "the artefact was written, but its runtime cannot load it, or raises when "
+          "running it on the case's inputs", "check the runtime's version against the exporter's and the inputs the "
+          "artefact declares against the case's, or re-export"),
     Cause("nonfinite", "format", "the artefact returns NaN or Inf where the eager model has finite values",
           "find the first op producing them (--parity-triage) and keep it in range (fp32, a clamp, a stable form)"),
     Cause("numerics", "format", "the artefact computes other values than the eager model, beyond tolerance",

@@ -25,8 +25,8 @@ from parity import tolerance
 from parity.artefact import Artefact, Expected
 from parity.case import Case, load_object
 from parity.case.schema import DEFAULT_TIMEOUT_S
-from parity.errors import (BackendUnavailable, CaseError, ExportError, ReferenceFailed, RunnerError, export_hint,
-                           missing_kernel, short_error)
+from parity.errors import (BackendUnavailable, CaseError, ExportError, ParityError, ReferenceFailed, RunnerError,
+                           export_hint, missing_kernel, short_error)
 from parity.formats import FORMATS
 from parity.outputs import dotted, has_names
 from parity.pipeline.inputs import batch, make_pool
@@ -646,7 +646,15 @@ class CaseRun:
                    sizes: Optional[dict[str, int]] = None) -> dict[str, np.ndarray]:
         runner = self.runner(fmt, backend, sizes)
         start = time.perf_counter()
-        outputs = runner.infer(inputs)
+        try:
+            outputs = runner.infer(inputs)
+        except ParityError:  # already says what failed (BackendUnavailable: a skip)
+            raise
+        except Exception as e:  # the runtime's failure on this artefact, never parity's own (harness-error)
+            call = ", ".join(f"{n}: {a.dtype}[{', '.join(map(str, a.shape))}]" for n, a in inputs.items())
+            raise RunnerError(f"the {fmt} export succeeded, but {type(runner).__name__} on {backend} raised when run "
+                              f"on ({call}): {short_error(e)}",
+                              "unsupported" if missing_kernel(e) else "load-failed") from e
         self.timings[f"infer_{fmt}_{backend}_s"] = self.timings.get(f"infer_{fmt}_{backend}_s", 0.0) + \
             time.perf_counter() - start
         return self._name(outputs)

@@ -87,6 +87,23 @@ def test_a_broken_artefact_is_an_error_not_a_skip(case_dir, tmp_path, export_fun
     result = _batch_invariance(case_dir, tmp_path, export_function)
     assert result.status == "error", result.message
     assert "does not run at batch 1" not in result.message
+    # the runtime's failure, at load or at inference: never "parity itself failed" (harness-error)
+    assert result.cause == "load-failed", (result.cause, result.why)
+
+
+def test_an_artefact_that_loads_but_fails_at_inference_says_so(case_dir, tmp_path):
+    """Its runtime raises on the case's inputs: the parity test names the runner, the file and the call."""
+    (case_dir / "broken.py").write_text(BROKEN, encoding="utf-8")
+    body = SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]") + \
+        "export:\n  onnx: {function: 'broken:fixed_shape_export'}\n"
+    session = Session(tmp_path / "b", tmp_path / "g")
+    try:
+        result = session.run_check(load_case(write_case(case_dir, "fixed", body)), "onnx", "cpu", "parity")
+    finally:
+        session.close()
+    assert result.status == "error" and result.cause == "load-failed", (result.cause, result.message)
+    assert "the onnx export succeeded, but" in result.why and "raised when run on (x: float32[1, 3, 8, 8])" \
+        in result.why, result.why
 
 
 def test_a_clean_model_passes(case_dir, tmp_path):
