@@ -58,14 +58,15 @@ class OutputComparison:
 
     def metrics(self) -> dict:
         """JSON-ready metrics (non-finite floats become strings)."""
-        return {k: _jsonable(v) for k, v in asdict(self).items()}
+        return {k: jsonable(v) for k, v in asdict(self).items()}
 
 
-def _jsonable(v):
+def jsonable(v):
+    """`v` with non-finite floats as the strings "inf", "-inf", "nan" (the JSON report is strict JSON)."""
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)
     if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
+        return {k: jsonable(x) for k, x in v.items()}
     return v
 
 

@@ -5,6 +5,7 @@ first; the HTML shows the findings before the matrix (rendered in headless Chrom
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -106,6 +107,20 @@ def test_every_failure_carries_the_cause_of_its_planted_bug(run):
     assert "Erf" in by_case["kernel"]["why"]
     assert "Frobnicate" in by_case["broken"]["why"]
     assert "training mode" in by_case["trained"]["why"] and "model.eval()" in by_case["trained"]["fix"]
+
+
+def _refuse(constant):
+    raise ValueError(f"not strict JSON: {constant}")
+
+
+def test_the_json_report_is_strict_json_with_nonfinite_figures_as_strings(run):
+    """A NaN export's figures are non-finite: written as the strings "inf"/"nan" at the top level, as
+    per output, never as bare Infinity/NaN tokens that strict parsers (and jq, and browsers) reject."""
+    d, _, _ = run
+    records = json.loads((d / "r.json").read_text(), parse_constant=_refuse)
+    nan = next(r for r in records if r["case"] == "nan" and r["check"] == "parity")
+    assert nan["metrics"]["scaled_error"] == "inf" and nan["metrics"]["min_cosine"] == "nan"
+    assert nan["metrics"]["outputs"]["logits"]["b1"]["scaled_error"] == "inf"
 
 
 def test_one_finding_per_cause_most_severe_first(run):

@@ -219,6 +219,24 @@ def test_summary_counts_are_pytests_counts(outputs):
     assert run.summary_line() == "parity: 3 failed (1 error, 1 strict xpass), 2 passed (1 drifting)"
 
 
+def test_the_report_is_written_as_strict_json(tmp_path):
+    """Non-finite floats anywhere in a record are written as the strings the per-output metrics use."""
+    from parity.report.run import save
+
+    record = _rec("a", "onnx", "parity", status="failed", scaled_error=float("inf"), min_cosine=float("nan"),
+                  learned={"limit": float("-inf"), "rows": [1.0, float("inf")]})
+    report, info = save(tmp_path / "r.json", Run([record], {"worst": float("inf")}))
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    metrics = json.loads(report.read_text(), parse_constant=refuse)[0]["metrics"]
+    assert (metrics["scaled_error"], metrics["min_cosine"]) == ("inf", "nan")
+    assert metrics["learned"] == {"limit": "-inf", "rows": [1.0, "inf"]}
+    assert json.loads(info.read_text(), parse_constant=refuse)["worst"] == "inf"
+    assert load(report).records[0]["metrics"]["scaled_error"] == "inf"
+
+
 def test_html_renders_a_failing_lint_record():
     """Lint records carry lists of findings under metrics.model / metrics.artefact, not dicts."""
     finding = {"where": "features.1", "op": "BatchNorm2d", "detail": "batch statistics at inference"}

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 import numpy as np
 
-from parity.compare import FP16_MAX, FP16_TINY, OutputComparison, format_table, min_cosine
+from parity.compare import FP16_MAX, FP16_TINY, OutputComparison, format_table, jsonable, min_cosine
 from parity.formats import FORMATS
 from parity.pipeline.run import CaseRun
 
@@ -97,12 +97,13 @@ class Check:
 
 
 def summary(rows: list[tuple[str, OutputComparison]]) -> dict:
-    """Worst figures over all rows, for the report's top level."""
+    """Worst figures over all rows, for the report's top level: JSON-ready like the per-output ones
+    (a non-finite figure is the string "inf" or "nan")."""
     compared = [c for _, c in rows if c.size]
     if not compared:
         return {}
     top1 = [c.top1_agreement for c in compared if c.top1_agreement is not None]
-    return {
+    return jsonable({
         "max_abs": max(c.max_abs for c in compared),
         "max_rel": max(c.max_rel for c in compared),
         "scaled_error": max(c.scaled_error for c in compared),
@@ -114,7 +115,7 @@ def summary(rows: list[tuple[str, OutputComparison]]) -> dict:
         "tolerance_used": max(c.tolerance_used for c in compared),
         "top1_agreement": min(top1) if top1 else None,
         "vacuous": any(c.vacuous for c in compared),
-    }
+    })
 
 
 def per_output(rows: list[tuple[str, OutputComparison]]) -> dict:

@@ -270,9 +270,24 @@ def write_text(path: str | Path, text: str) -> Path:
     return target
 
 
+def strict(value):
+    """`value` with every non-finite float as the string the per-output metrics use ("inf", "-inf",
+    "nan"), so that the report is strict JSON (json.dumps would write bare Infinity/NaN tokens,
+    which strict parsers, jq and browsers reject); `number` reads them back as floats."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    return value
+
+
 def save(path: str | Path, run: Run, default=str) -> tuple[Path, Path]:
-    """Write the report (the list) and its run file; returns both paths."""
-    report = write_text(path, json.dumps(run.records, indent=2, default=default) + "\n")
-    info = write_text(run_path(path), json.dumps({**run.info, "report": Path(path).name}, indent=2,
-                                                  default=default) + "\n")
+    """Write the report (the list) and its run file, as strict JSON; returns both paths."""
+    def dumps(value) -> str:  # through `default` first: it may turn objects into floats
+        return json.dumps(strict(json.loads(json.dumps(value, default=default))), indent=2, allow_nan=False) + "\n"
+
+    report = write_text(path, dumps(run.records))
+    info = write_text(run_path(path), dumps({**run.info, "report": Path(path).name}))
     return report, info
