@@ -123,6 +123,22 @@ def test_the_json_report_is_strict_json_with_nonfinite_figures_as_strings(run):
     assert nan["metrics"]["outputs"]["logits"]["b1"]["scaled_error"] == "inf"
 
 
+def test_markdown_and_html_count_as_pytest_does(run):
+    """An errored check fails its test: the reports' counts are pytest's, not parity's finer outcomes."""
+    import re
+
+    d, proc, _ = run
+    pytest_line = proc.stdout.strip().splitlines()[-1]
+    failed = re.search(r"(\d+) failed", pytest_line).group(1)
+    errors = sum(1 for r in load(d / "r.json").records if r["status"] == "error")
+    assert errors, "the run has errored checks, so parity's own counts would differ from pytest's"
+    summary = (d / "s.md").read_text()
+    counts = summary.splitlines()[2]
+    assert f"{failed} failed ({errors} errors)" in counts and f"{errors} error " not in counts, counts
+    page = (d / "r.html").read_text()
+    assert f"{failed} failed ({errors} errors)" in page
+
+
 def test_one_finding_per_cause_most_severe_first(run):
     _, proc, report = run
     findings = group(report.records)

@@ -297,7 +297,7 @@ def render(run: Run, title: str = "parity report") -> str:
     info = run.info
     detailed = [*sorted(run.problems(), key=lambda r: (severity(cause_of(r)), target_id(r))), *run.drifting()]
     anchors = {_anchor(r) for r in detailed}
-    counts = " ".join(f"{_badge(o)}{n}" for o, n in run.counts.items()) or "no tests ran"
+    counts = " ".join(f"{_badge(o)}{escape(text)}" for o, text in run.pytest_counts()) or "no tests ran"
     when = info.get("finished") or datetime.now(timezone.utc).isoformat(timespec="seconds")
     meta = f"{escape(str(when))}"
     if info.get("duration_s") is not None:

@@ -57,8 +57,7 @@ def _message(text: str) -> list[str]:
 def render(run: Run, title: str = "parity") -> str:
     """The summary: counts, the matrix, latency, then each failure with its message."""
     out = [f"## {title}", ""]
-    counts = run.counts
-    out.append(" · ".join(f"{ICONS[o]} {n} {o}" for o, n in counts.items()) or "no tests ran")
+    out.append(" · ".join(f"{ICONS[o]} {text}" for o, text in run.pytest_counts()) or "no tests ran")
     out += ["", f"<sub>{one_line(run.environment)}</sub>", ""]
     findings = group(run.records)
     if findings:

@@ -232,21 +232,27 @@ class Run:
                 rows.append((r, label, stats))
         return rows
 
-    def summary_line(self) -> str:
-        """Counts in pytest's own terms (an errored check, a strict xpass fail their test; a drifting
-        pass passes), with parity's finer outcomes in brackets, so the two summaries agree."""
+    def pytest_counts(self) -> list[tuple[str, str]]:
+        """(outcome, text) per count in pytest's own terms (an errored check, a strict xpass fail their
+        test; a drifting pass passes), with parity's finer outcomes in brackets: ``("failed", "8 failed
+        (3 errors)")``. The terminal line, the Markdown summary and the HTML report all count this way,
+        so they agree with pytest's own summary."""
         c = self.counts
         parts = []
         failed = sum(c.get(o, 0) for o in FAILING)
         if failed:
             detail = ", ".join(f"{c[o]} {'error' if o == 'error' else 'strict xpass'}{'s' if c[o] > 1 else ''}"
                                for o in ("error", "xpassed") if c.get(o))
-            parts.append(f"{failed} failed" + (f" ({detail})" if detail else ""))
+            parts.append(("failed", f"{failed} failed" + (f" ({detail})" if detail else "")))
         passed = c.get("passed", 0) + c.get("drifting", 0)
         if passed:
-            parts.append(f"{passed} passed" + (f" ({c['drifting']} drifting)" if c.get("drifting") else ""))
-        parts += [f"{c[o]} {o}" for o in ("xfailed", "skipped") if c.get(o)]
-        return f"parity: {', '.join(parts) or 'no tests'}"
+            parts.append(("passed", f"{passed} passed" + (f" ({c['drifting']} drifting)" if c.get("drifting") else "")))
+        parts += [(o, f"{c[o]} {o}") for o in ("xfailed", "skipped") if c.get(o)]
+        return parts
+
+    def summary_line(self) -> str:
+        """The counts as pytest counts (see `pytest_counts`), on one line."""
+        return f"parity: {', '.join(text for _, text in self.pytest_counts()) or 'no tests'}"
 
 
 def load(path: str | Path) -> Run:
