@@ -1,5 +1,5 @@
 """Tolerances that mean something, on real exports: no false alarm on large outputs, no blind spot
-on tiny ones, vacuous checks refused, and learned drift thresholds (issue: tolerances)."""
+on tiny ones, vacuous checks refused, and learned drift thresholds."""
 
 from __future__ import annotations
 
