@@ -29,6 +29,12 @@ class Catalog:
     #: INT8 formats: in the default list only for a case with an ``accuracy`` section, which is what
     #: judges them (on random weights their error against fp32 is noise, not a verdict)
     quantized: tuple[str, ...] = ()
+    #: backends only a case that lists them runs (slow reference evaluators): not in the default list
+    opt_in_backends: tuple[str, ...] = ()
+
+    @property
+    def default_backends(self) -> list[str]:
+        return [b for b in self.backends if b not in self.opt_in_backends]
 
     def formats_for(self, framework: str, quantized: bool = True) -> list[str]:
         """Every format a `framework` model can be exported to, in registry order (without the INT8

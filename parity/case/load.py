@@ -115,7 +115,7 @@ def _with_catalog(case: Case, shown: str, catalog: Catalog) -> Case:
     if not case.formats:
         updates["formats"] = catalog.formats_for(case.framework, quantized=case.accuracy is not None)
     if not case.backends:
-        updates["backends"] = list(catalog.backends)
+        updates["backends"] = catalog.default_backends
     if not case.checks:
         updates["checks"] = catalog.default_checks
     case = case.model_copy(update=updates)

@@ -17,7 +17,7 @@ from parity.errors import ParityError
 from parity.registry import Registry
 
 ENTRY_POINT_GROUP = "parity.checks"
-_NOT_CHECKS = {"base"}
+_NOT_CHECKS = {"base", "blame"}  # helpers of the checks, not checks
 
 
 def _declared(obj, where: str) -> Check:

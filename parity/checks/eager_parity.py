@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from parity.checks.base import Check, CheckResult, Context
 from parity.pipeline.run import CaseRun
-from parity.checks.base import training_cause, verdict
+from parity.checks.base import numeric_cause, training_cause, verdict
+from parity.checks.blame import blame
 from parity.compare import OutputComparison, compare_outputs
 
 
@@ -33,10 +34,21 @@ def check_parity(run: CaseRun, fmt: str, backend: str, session: "Context") -> Ch
     if info.get("wrapped"):
         notes.append(f"exported through a wrapper: {info['wrapped']}")
     cause = training_cause(run, fmt) if any(not c.passed for _, c in rows) else None
+    explained = {}
     if cause is not None:  # the numbers differ because the model is not what eval-mode eager computes
         notes.insert(0, f"likely cause: {cause[1]}, while the eager reference runs in eval mode; fix: {cause[2]}")
+        explained = {"cause": cause[0], "why": cause[1], "fix": cause[2]}
+    elif any(not c.passed for _, c in rows) and numeric_cause(rows, fmt)[0] in (None, "numerics", "nonfinite"):
+        # wrong values: the format's reference backends say whether the export or the runtime is wrong
+        failing = sorted({int(label[1:]) for label, c in rows if not c.passed})
+        found = blame(run, fmt, backend, failing)
+        if found is not None:
+            metrics["blame"] = found.as_dict()
+            notes.insert(0, f"blame: {found.sentence}; fix: {found.fix}")
+            if numeric_cause(rows, fmt)[0] != "nonfinite":  # there the NaN is the first thing to read
+                explained = {"why": found.sentence, "fix": found.fix}
     return verdict(f"parity of {fmt}/{backend} against the eager model", rows, run, fmt, backend, metrics, notes,
-                   **({"cause": cause[0], "why": cause[1], "fix": cause[2]} if cause else {}))
+                   **explained)
 
 
 class ParityCheck(Check):

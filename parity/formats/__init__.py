@@ -24,7 +24,7 @@ from parity.formats.spec import FormatInfo, Route, keras_route
 #: backend in its ``backends``; a listed backend that cannot run here is skipped with the reason.
 #: ``cpu-ref``: LiteRT's reference kernels; ``mil-ref``: parity's MIL reference evaluator (CoreML numerics
 #: without macOS); ``gpu`` and ``ane``: the Core ML runtime's CPU_AND_GPU and ALL compute units.
-BUILTIN_BACKENDS: tuple[str, ...] = ("cpu", "cuda", "cpu-ref", "mil-ref", "gpu", "ane")
+BUILTIN_BACKENDS: tuple[str, ...] = ("cpu", "cuda", "cpu-ref", "mil-ref", "gpu", "ane", "cpu-noopt", "ref")
 
 #: The entry-point group through which other packages add formats.
 ENTRY_POINT_GROUP = "parity.formats"

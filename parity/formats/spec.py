@@ -55,6 +55,12 @@ class FormatInfo:
     torch: bool = True  # PyTorch models export to this format (through the fields above)
     distributions: tuple[str, ...] = ()  # installed packages whose versions change what the artefact computes
     order: int = 1000  # position in the registry (and so in a case's default format list)
+    #: (backend, kind) of the backends that evaluate the same artefact as a reference, in the order a
+    #: failure consults them to say who is wrong: kind "reference" (the format's own semantics, a slow
+    #: interpreter) or "unoptimised" (the same runtime with its graph optimisations off)
+    oracles: tuple[tuple[str, str], ...] = ()
+    #: backends run only where a case lists them (slow references): not in the default backend list
+    opt_in_backends: tuple[str, ...] = ()
 
     def route(self, framework: str) -> Optional[Route]:
         """How a `framework` model is exported to this format, or None when it cannot be."""

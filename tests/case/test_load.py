@@ -374,3 +374,12 @@ def test_an_alias_bomb_is_refused_quickly(case_dir):
     e = _error(case_dir, body)
     assert "expands to more than" in e.problem
     assert time.perf_counter() - start < 5
+
+
+def test_reference_backends_are_opt_in(case_dir):
+    """ref and cpu-noopt evaluate every ONNX target again (onnx.reference is slow): only a case that
+    lists them runs them; a failure consults them anyway."""
+    default = load_case(write_case(case_dir, "d", SMALL_CASE.replace("backends: [cpu]\n", "")))
+    assert "cpu" in default.backends and "ref" not in default.backends and "cpu-noopt" not in default.backends
+    listed = load_case(write_case(case_dir, "l", SMALL_CASE.replace("backends: [cpu]", "backends: [cpu, ref, cpu-noopt]")))
+    assert listed.backends == ["cpu", "ref", "cpu-noopt"]

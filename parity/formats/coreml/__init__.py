@@ -20,6 +20,7 @@ COREML = FormatInfo(
     runners=(("mil-ref", f"{_P}.mil_ref.runner:MilReferenceRunner"),),
     suffix=".mlpackage",
     backends=("mil-ref", "cpu", "gpu", "ane"),
+    oracles=(("mil-ref", "reference"),),  # parity's MIL evaluator: the program's ops as documented
     requires=("torch", "coremltools"),
     install="pip install 'parity[coreml]'",
     exporter_options=("minimum_deployment_target",),

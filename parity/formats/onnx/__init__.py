@@ -1,5 +1,10 @@
 """ONNX (``torch.onnx.export``, dynamo; tf2onnx for Keras), run in onnxruntime on CPU and CUDA;
-``onnx_int8``: onnxruntime.quantization of the fp32 export."""
+``onnx_int8``: onnxruntime.quantization of the fp32 export.
+
+Two more backends evaluate the same file as references, opt-in (a case lists them) and consulted by
+every failure to say who is wrong: ``ref`` (``onnx.reference.ReferenceEvaluator``, the operator
+specification in NumPy) and ``cpu-noopt`` (onnxruntime's CPU provider with every graph optimisation
+off)."""
 
 from parity.formats.spec import FormatInfo, keras_route
 
@@ -11,7 +16,10 @@ ONNX = FormatInfo(
     exporter=f"{_P}.export:export",
     runner=f"{_P}.runner:OnnxRuntimeRunner",
     suffix=".onnx",
-    backends=("cpu", "cuda"),
+    backends=("cpu", "cuda", "cpu-noopt", "ref"),
+    runners=(("ref", f"{_P}.runner:OnnxReferenceRunner"),),
+    oracles=(("ref", "reference"), ("cpu-noopt", "unoptimised")),
+    opt_in_backends=("cpu-noopt", "ref"),
     requires=("torch", "onnx", "onnxruntime", "onnxscript"),
     install="pip install 'parity[onnx]'",
     exporter_options=("opset", "dynamo"),

@@ -1,4 +1,5 @@
-"""ONNX on onnxruntime's CPU and CUDA execution providers."""
+"""ONNX on onnxruntime's CPU and CUDA execution providers, on the CPU provider with graph
+optimisations off (``cpu-noopt``), and on ``onnx.reference`` (``ref``)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import onnxruntime as ort
 
 from parity.formats.base import Runner, output_order
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu-noopt": "CPUExecutionProvider"}
 
 
 class OnnxRuntimeRunner(Runner):
-    backends = ("cpu", "cuda")
+    """An onnxruntime session; on ``cpu-noopt`` with ``ORT_DISABLE_ALL``, so that a wrong result that
+    only the optimised session gives points at a graph optimisation (fusion, constant folding)."""
+
+    backends = ("cpu", "cuda", "cpu-noopt")
 
     @classmethod
     def unavailable_reason(cls, backend: str) -> Optional[str]:
@@ -29,10 +33,14 @@ class OnnxRuntimeRunner(Runner):
 
     @property
     def name(self) -> str:
-        return f"onnxruntime {ort.__version__} {PROVIDERS[self.backend]}"
+        off = ", graph optimisations off (ORT_DISABLE_ALL)" if self.backend == "cpu-noopt" else ""
+        return f"onnxruntime {ort.__version__} {PROVIDERS[self.backend]}{off}"
 
     def activate_impl(self) -> None:
-        self.session = ort.InferenceSession(str(self.artefact.path), providers=[PROVIDERS[self.backend]])
+        options = ort.SessionOptions()
+        if self.backend == "cpu-noopt":
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        self.session = ort.InferenceSession(str(self.artefact.path), options, providers=[PROVIDERS[self.backend]])
         got = self.session.get_providers()
         if got[0] != PROVIDERS[self.backend]:
             raise RuntimeError(f"onnxruntime fell back to {got} instead of {PROVIDERS[self.backend]}")
@@ -49,3 +57,43 @@ class OnnxRuntimeRunner(Runner):
 
     def deactivate_impl(self) -> None:
         del self.session
+
+
+class OnnxReferenceRunner(Runner):
+    """``onnx.reference.ReferenceEvaluator``: each operator as the ONNX specification defines it, in
+    NumPy. Slow (no fusion, Python loops in convolutions), and so opt-in; its job is to say whether the
+    file computes what eager computes when a runtime disagrees. Operators of other domains
+    (``com.microsoft``: onnxruntime's fused kernels) have no reference: loading names them."""
+
+    backends = ("ref",)
+
+    @property
+    def name(self) -> str:
+        import onnx
+
+        return f"onnx.reference (onnx {onnx.__version__})"
+
+    def activate_impl(self) -> None:
+        import onnx
+        from onnx.reference import ReferenceEvaluator
+
+        model = onnx.load(str(self.artefact.path))
+        try:
+            self.evaluator = ReferenceEvaluator(model)
+        except Exception as e:  # an op without a reference implementation
+            raise NotImplementedError(f"onnx.reference cannot run {self.artefact.path.name}: "
+                                      f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        self.input_names = [i.name for i in model.graph.input
+                            if i.name not in {t.name for t in model.graph.initializer}]
+        own = [o.name for o in model.graph.output]
+        self.fetch = [own[i] for i in output_order(own, self.artefact)]
+
+    def infer_impl(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if len(inputs) != len(self.input_names):
+            raise ValueError(f"the ONNX model takes {len(self.input_names)} inputs {self.input_names}, "
+                             f"the case gives {len(inputs)}: {list(inputs)}")
+        feeds = dict(zip(self.input_names, inputs.values()))
+        return [np.asarray(o) for o in self.evaluator.run(self.fetch, feeds)]
+
+    def deactivate_impl(self) -> None:
+        del self.evaluator

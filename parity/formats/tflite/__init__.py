@@ -12,6 +12,7 @@ TFLITE = FormatInfo(
     runner=f"{_P}.runner:LiteRTRunner",
     suffix=".tflite",
     backends=("cpu", "cpu-ref", "cuda"),
+    oracles=(("cpu-ref", "reference"),),  # LiteRT's reference kernels (BUILTIN_REF) on the same file
     requires=("torch", "litert_torch", "ai_edge_litert"),
     install="pip install 'parity[tflite]'",
     exporter_options=("layout",),

@@ -1,0 +1,105 @@
+"""Blame: on a parity failure, the format's reference backends say whether the export or the
+runtime is wrong. Real upstream bug (runtime), planted exporter bug (export), and the decision table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import SMALL_CASE, write_case
+from parity.catalog import load_case
+from parity.checks.blame import EXPORT, OPTIMISATION, RUNTIME, UNKNOWN, blame
+from parity.session import Session
+from parity.tolerance import ResolvedTolerance
+
+RESIZE = """
+model: {factory: 'parity_examples.canaries:nearest_resize'}
+inputs: {x: {shape: [1, 26]}}
+batch_sizes: [1, 2]
+formats: [onnx]
+backends: [cpu]
+checks: [parity]
+"""
+
+
+def _parity(case_dir, tmp_path, name, body):
+    session = Session(tmp_path / "build", tmp_path / "golden")
+    try:
+        return session.run_check(load_case(write_case(case_dir, name, body)), "onnx", "cpu", "parity")
+    finally:
+        session.close()
+
+
+def test_a_runtime_bug_is_blamed_on_the_runtime(case_dir, tmp_path):
+    """onnxruntime's nearest Resize (26 -> 64) picks the wrong sample; onnx.reference agrees with eager."""
+    result = _parity(case_dir, tmp_path, "resize", RESIZE)
+    assert result.status == "failed" and result.cause == "numerics"
+    assert result.metrics["blame"]["verdict"] == RUNTIME
+    assert result.metrics["blame"]["oracles"]["ref"]["agrees"] is True
+    assert result.metrics["blame"]["oracles"]["cpu-noopt"]["agrees"] is False  # the kernel, not an optimisation
+    assert result.why.startswith("the artefact's reference evaluation agrees with eager")
+    assert "the runtime (onnxruntime" in result.why and "is wrong" in result.why
+    assert "file it with the runtime" in result.fix
+    assert "blame: the artefact's reference evaluation agrees" in result.message
+
+
+def test_a_planted_exporter_bug_is_blamed_on_the_export(case_dir, tmp_path):
+    body = SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]") + \
+        "checks: [parity]\nexport:\n  onnx: {function: 'models:perturbing_export'}\n"
+    result = _parity(case_dir, tmp_path, "perturbed", body)
+    assert result.status == "failed" and result.cause == "numerics"
+    assert result.metrics["blame"]["verdict"] == EXPORT
+    assert result.why.startswith("the reference evaluation disagrees too") and "the export is wrong" in result.why
+    assert "file it with the converter" in result.fix
+
+
+def test_a_clean_export_is_not_blamed(case_dir, tmp_path):
+    body = SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]") + "checks: [parity]\n"
+    result = _parity(case_dir, tmp_path, "clean", body)
+    assert result.status == "passed" and "blame" not in result.metrics
+
+
+class _Runner:
+    def __init__(self, name):
+        self.name = name
+
+
+class _Run:
+    """What blame reads of a CaseRun: eager outputs, each backend's outputs (or its error), tolerances."""
+
+    def __init__(self, outputs: dict):
+        self._outputs = outputs
+
+    def reference(self, size):
+        return {"y": np.arange(size * 4, dtype=np.float32).reshape(size, 4)}
+
+    def outputs(self, fmt, backend, size):  # the eager values times this backend's factor
+        got = self._outputs[backend]
+        if isinstance(got, Exception):
+            raise got
+        return {"y": self.reference(size)["y"] * got}
+
+    def tolerance_for(self, fmt, backend, name):
+        return ResolvedTolerance(atol=0.0, rtol=0.0, scale=1e-4)
+
+    def runner(self, fmt, backend):
+        return _Runner(f"runtime[{backend}]")
+
+
+@pytest.mark.parametrize("ref, noopt, verdict", [
+    (1.0, 2.0, RUNTIME),           # the file is right, both sessions of the runtime are not
+    (2.0, 1.0, OPTIMISATION),      # only the optimised session is wrong
+    (2.0, 2.0, EXPORT),            # the reference computes the same wrong values: the file is wrong
+    (NotImplementedError("no reference for op com.microsoft.FusedConv"), 2.0, UNKNOWN),
+])
+def test_the_verdict_follows_the_reference_backends(ref, noopt, verdict):
+    found = blame(_Run({"cpu": 2.0, "ref": ref, "cpu-noopt": noopt}), "onnx", "cpu", [1, 3])
+    assert found.verdict == verdict
+    if verdict == UNKNOWN:
+        assert "com.microsoft.FusedConv" in found.sentence
+    if verdict == OPTIMISATION:
+        assert "ORT_DISABLE_ALL" in found.fix
+
+
+def test_a_format_without_other_reference_backends_has_no_blame():
+    assert blame(_Run({"mil-ref": 2.0}), "coreml", "mil-ref", [1]) is None
