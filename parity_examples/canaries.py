@@ -1,0 +1,39 @@
+"""Minimal models that reproduce real upstream bugs on the pinned stack (the canary cases).
+
+Each is as small as the bug allows, with no weights: what it computes is defined by the operator
+alone, so a failure can only come from the converter or the runtime named in its case file.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class NearestResize(nn.Module):
+    """Nearest-neighbour upsampling of a length-26 signal to 64 samples (an upsampling factor whose
+    coordinate lands exactly halfway for one output index)."""
+
+    def __init__(self, size: int = 64) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.interpolate(x, size=self.size, mode="nearest")
+
+
+def nearest_resize(size: int = 64) -> nn.Module:
+    return NearestResize(size).eval()
+
+
+class MaskedSoftmax(nn.Module):
+    """Attention weights with padding masked the way Hugging Face models do it: masked scores set to
+    ``torch.finfo(torch.float32).min``. A row whose keys are all masked gets uniform weights in eager
+    (every score equals the same finite minimum)."""
+
+    def forward(self, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(scores.masked_fill(mask == 0, torch.finfo(torch.float32).min), dim=-1)
+
+
+def masked_softmax() -> nn.Module:
+    return MaskedSoftmax().eval()
