@@ -71,6 +71,18 @@ CAUSES: dict[str, Cause] = {c.name: c for c in _CAUSES}
 ORDER: tuple[str, ...] = tuple(CAUSES)
 
 
+def failure_text(message: str, cause: str | None, why: str = "", fix: str = "") -> str:
+    """A failure as people read it (pytest's failure block, hence JUnit's failure text, and the
+    Markdown summary): ``[cause] why`` first, then the check's message, then ``fix: ...`` last.
+    Without a cause, the message as it is."""
+    if not cause:
+        return message
+    lines = (message or "").splitlines()
+    if why and lines and lines[0].strip() == why.strip():
+        lines = lines[1:]  # the why is the message's own first line: once is enough
+    return "\n".join([f"[{cause}] {why}".rstrip(), *lines, *([f"fix: {fix}"] if fix else [])])
+
+
 def severity(name: str | None) -> int:
     """Position in the reporting order (unknown or missing causes last)."""
     return ORDER.index(name) if name in CAUSES else len(ORDER)

@@ -387,6 +387,11 @@ class _Reporter:
         }
         for plugin in config.pluginmanager.get_plugins():  # pytest's LogXML, when --junitxml is given
             if type(plugin).__name__ == "LogXML" and hasattr(plugin, "add_global_property"):
+                from parity.report.findings import group
+
+                # the findings first (one per cause, most severe first), as the other reports lead with them
+                for i, finding in enumerate(group(self.records), 1):
+                    plugin.add_global_property(f"finding.{i}", finding.line())
                 for name, value in environment_properties(self.run.info["environment"]):
                     plugin.add_global_property(name, value)
         self._write_outputs()

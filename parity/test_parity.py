@@ -6,6 +6,8 @@ read ``test_parity[tiny_cnn-onnx-cpu-parity]`` and ``-k onnx`` / ``-k tiny_cnn``
 
 import pytest
 
+from parity.causes import failure_text
+
 
 def test_parity(parity_target, parity_session, request):
     __tracebackhide__ = True
@@ -15,5 +17,7 @@ def test_parity(parity_target, parity_session, request):
     request.node.user_properties.append(("parity", result.record))
     if result.status == "skipped":
         pytest.skip(result.message)
-    if result.status in ("failed", "error"):
-        pytest.fail(result.message, pytrace=False)
+    if result.status in ("failed", "error"):  # the cause and why first, the fix last
+        record = result.record
+        pytest.fail(failure_text(result.message, record.get("cause"), record.get("why", ""), record.get("fix", "")),
+                    pytrace=False)

@@ -18,6 +18,7 @@ from conftest import MODELS, SMALL_CASE, write_case
 from parity.causes import CAUSES, ORDER, severity
 from parity.checks.base import CheckResult
 from parity.report import load
+from parity.report.run import target_id
 from parity.report.findings import group
 
 ROOT = Path(__file__).parents[1]
@@ -89,7 +90,7 @@ def run(tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", TEST_FILE, "-p", "no:cacheprovider", "--cases", str(cases),
          "--golden", str(d / "golden"), "--parity-build", str(d / "build"), "--parity-report", str(d / "r.json"),
-         "--parity-summary", str(d / "s.md"), "--parity-html", str(d / "r.html")],
+         "--parity-summary", str(d / "s.md"), "--parity-html", str(d / "r.html"), "--junitxml", str(d / "j.xml")],
         cwd=d, env=env, capture_output=True, text=True)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     return d, proc, load(d / "r.json")
@@ -139,6 +140,47 @@ def test_markdown_and_html_count_as_pytest_does(run):
     assert f"{failed} failed ({errors} errors)" in page
 
 
+def test_every_failure_message_opens_with_its_cause_and_ends_with_the_fix(run):
+    """What a person reads first in pytest's failure block, the JUnit failure and the Markdown summary
+    is the cause and why; the last line is the fix."""
+    import re
+    import xml.etree.ElementTree as ET
+
+    d, proc, report = run
+    failing = {target_id(r): r for r in report.records if r["status"] in ("failed", "error")}
+    blocks = re.split(r"^_{3,} test_parity\[(.+?)\] _{3,}$", proc.stdout, flags=re.M)
+    seen = dict(zip(blocks[1::2], blocks[2::2]))
+    assert set(seen) == set(failing), (set(seen), set(failing))
+    for test, block in seen.items():
+        r = failing[test]
+        text = [line for line in re.split(r"^(?:-{3,}|={3,}) ", block, flags=re.M)[0].strip().splitlines()
+                if not line.startswith("All traceback entries are hidden")]  # pytest's own note
+        assert text[0] == f"[{r['cause']}] {r['why']}", (test, text[:2])
+        assert text[-1] == f"fix: {r['fix']}", (test, text[-1])
+    for case in ET.parse(d / "j.xml").getroot().iter("testcase"):
+        test = case.get("name")[len("test_parity["):-1]
+        failure = case.find("failure")
+        assert (failure is not None) == (test in failing), test
+        if failure is not None:
+            assert failure.text.startswith(f"[{failing[test]['cause']}] "), (test, failure.text[:200])
+    summary = (d / "s.md").read_text()
+    for test, r in failing.items():
+        block = summary[summary.index(f"`{test}`\n"):]
+        assert block.split("```text\n", 1)[1].startswith(f"[{r['cause']}] {r['why']}\n"), test
+
+
+def test_junit_lists_the_findings_as_suite_properties(run):
+    import xml.etree.ElementTree as ET
+
+    d, _, report = run
+    suite = ET.parse(d / "j.xml").getroot().find("testsuite")
+    props = [(p.get("name"), p.get("value")) for p in suite.find("properties")]
+    findings = group(report.records)
+    assert [(n, v) for n, v in props if n.startswith("finding.")] == \
+        [(f"finding.{i}", f.line()) for i, f in enumerate(findings, 1)]
+    assert props[0][0] == "finding.1"  # findings first, the environment after them
+
+
 def test_one_finding_per_cause_most_severe_first(run):
     _, proc, report = run
     findings = group(report.records)
@@ -152,7 +194,8 @@ def test_one_finding_per_cause_most_severe_first(run):
     assert tiny.cause == "precision-limit" and tiny.checks == {"parity": 1, "batch_invariance": 1}
     out = proc.stdout
     assert "parity findings: 5 cause(s), most severe first" in out
-    lines = [line for line in out.splitlines() if line.startswith("[")]
+    section = out[out.index("parity findings: "):]  # failure blocks above open with "[cause]" too
+    lines = [line for line in section.splitlines() if line.startswith("[")]
     assert [line.split("]")[0][1:] for line in lines] == [f.cause for f in findings]
     assert "explains 3 tests: parity, batch_invariance, lint" in lines[0]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from parity.report.environment import one_line
-from parity.causes import severity
+from parity.causes import failure_text, severity
 from parity.report.findings import cause_of, group
 from parity.report.run import Cell, Run, fmt_bytes, fmt_error, outcome, target_id
 
@@ -47,10 +47,13 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
             *["| " + " | ".join(r) + " |" for r in esc[1:]]]
 
 
-def _message(text: str) -> list[str]:
+def _message(text: str, keep_last: bool = False) -> list[str]:
+    """A message as a code block, cut at MESSAGE_LINES (`keep_last`: the last line, the fix, stays)."""
     lines = (text or "").splitlines() or ["(no message)"]
     if len(lines) > MESSAGE_LINES:
-        lines = [*lines[:MESSAGE_LINES], f"... ({len(lines) - MESSAGE_LINES} more lines in the JSON report)"]
+        last = lines[-1:] if keep_last else []
+        lines = [*lines[:MESSAGE_LINES], f"... ({len(lines) - MESSAGE_LINES - len(last)} more lines in the JSON "
+                 "report)", *last]
     return ["```text", *[line.replace("```", "'''") for line in lines], "```"]
 
 
@@ -93,7 +96,9 @@ def render(run: Run, title: str = "parity") -> str:
     if problems:
         out += [f"### Failures ({len(problems)})", ""]
         for r in problems:
-            out += [f"#### {ICONS[outcome(r)]} `{target_id(r)}`", "", *_message(r.get("message", "")), ""]
+            text = failure_text(r.get("message", ""), r.get("cause"), r.get("why", ""), r.get("fix", ""))
+            out += [f"#### {ICONS[outcome(r)]} `{target_id(r)}`", "", *_message(text, keep_last=bool(r.get("fix"))),
+                    ""]
     drifting = run.drifting()
     if drifting:
         out += [f"### Drifting ({len(drifting)})", ""]
