@@ -145,3 +145,43 @@ def test_outputs_that_cannot_differ_per_batch_are_named_by_what_the_eager_model_
     assert result.cause == cause and why in result.why, (result.cause, result.why)
     assert "kernels chosen per batch size" not in result.message
     assert "raise batch_invariance.scale" not in result.message
+
+
+class _StubRun:
+    """What batch_invariance's verdict asks of a case run: a static-shape INT8 target, no lint findings."""
+
+    model_findings: list = []
+
+    def __init__(self, route: str = "static"):
+        self.route = route
+
+    def artefact_info(self, fmt):
+        return {"route": self.route}
+
+    def artefact_findings(self, fmt):
+        return []
+
+    def static_shape(self, fmt):
+        return True
+
+    def runner(self, fmt, backend):
+        return type("Runner", (), {"name": "stub"})()
+
+
+def test_per_batch_int8_artefacts_are_not_blamed_on_kernels():
+    """INT8 artefacts exported (and calibrated) once per batch size differ by quantization scales,
+    not by kernels chosen per batch size and not by a batch dependence."""
+    import numpy as np
+
+    from parity.checks.batch_invariance import PER_BATCH_QUANT_HINT, _verdict
+    from parity.compare import compare_output
+    from parity.tolerance import Tolerance, invariance
+
+    tol = invariance(Tolerance(), None, "int8")  # scale 5e-2; GROSS for int8 is 0.2
+    solo = np.linspace(-1.0, 1.0, 10, dtype=np.float32).reshape(2, 5)
+    rows = [("b2", compare_output("logits", solo, solo + np.float32(0.1), tol))]  # 0.1 of max|output|
+    result = _verdict(_StubRun(), "tflite_int8", "cpu", rows, tol, [1, 2], 2, {}, False, [])
+    assert result.status == "failed" and result.cause == "numerics", (result.cause, result.why)
+    assert "calibrated and quantized separately" in result.why
+    assert PER_BATCH_QUANT_HINT in result.message and result.metrics["hint"] == PER_BATCH_QUANT_HINT
+    assert "kernels chosen" not in result.message and "batch-mates" not in result.message
