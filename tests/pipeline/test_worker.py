@@ -138,3 +138,46 @@ def test_a_worker_whose_parent_is_killed_cleans_up_and_exits(case_dir, tmp_path)
         os.kill(child, signal.SIGKILL)
         raise AssertionError("the worker outlived its killed parent by 20 s")
     assert not scratch.exists()
+
+
+UNCOPYABLE = '''
+import sys
+
+from models import small
+
+
+class Uncopyable(type(small())):
+    """Fails where parity copies the model for an export, inside the export worker only: an error
+    outside the converter call."""
+
+    def __deepcopy__(self, memo):
+        if "worker_main" in (getattr(sys.modules["__main__"], "__file__", "") or ""):  # the export worker
+            raise RuntimeError("this model refuses to be copied in the export worker")
+        clone = small()  # the parent's copy (the eager reference): an ordinary one
+        clone.load_state_dict(self.state_dict())
+        return clone.train(self.training)
+
+
+def uncopyable():
+    model = small()
+    model.__class__ = Uncopyable
+    return model
+'''
+
+
+def test_an_error_in_the_worker_outside_the_exporter_reads_as_its_own_message(case_dir, tmp_path):
+    """Not the child's last stderr lines (a traceback's line of carets): the exception, with where it
+    happened."""
+    (case_dir / "uncopyable.py").write_text(UNCOPYABLE, encoding="utf-8")
+    body = SMALL_CASE.replace("models:small", "uncopyable:uncopyable").replace("[torchscript, onnx]", "[onnx]")
+    session = Session(tmp_path / "b", tmp_path / "g")
+    try:
+        result = session.run_check(load_case(write_case(case_dir, "uncopyable", body)), "onnx", "cpu", "parity")
+    finally:
+        session.close()
+    assert result.status == "error" and result.cause == "export-failed", (result.cause, result.message)
+    assert "the onnx export failed in parity's export worker: RuntimeError: this model refuses to be copied " \
+           "in the export worker" in result.message, result.message
+    lines = result.message.splitlines()
+    assert not any(line.lstrip().startswith(("^", "~", "Traceback", "File ")) for line in lines), result.message
+    assert "Last output" not in result.message
