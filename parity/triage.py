@@ -42,6 +42,8 @@ class ModuleRow:
     cosine: float = 1.0
     detail: str = ""
     batch_dependent: Optional[bool] = None  # the exported module's output for a sample changes with its batch
+    nonfinite: int = 0  # NaN/Inf elements in the artefact's tensor
+    tensor: str = ""  # the artefact's tensor this row compares (in-artefact path)
 
 
 @dataclass
@@ -56,25 +58,46 @@ class TriageReport:
     lint: list[str] = field(default_factory=list)
     batch_dependent: Optional[bool] = None
     summary: str = ""
+    method: str = ""  # how the rows were obtained: the artefact's own intermediates, or per-module export
+    unmapped: list[str] = field(default_factory=list)  # modules (or tensors) that could not be compared, and why
+    first_nonfinite: Optional[str] = None  # the first op whose output turned NaN/Inf (in-artefact path)
+    #: modules without a tensor of their own that the exporter fused into the first divergence's tensor
+    #: (a Conv folded into the BatchNorm after it): the bug may be in any of them
+    fused_with: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def table(self) -> str:
-        header = ("module", "op", "max_abs", "err/max|ref|", "cosine", "result")
-        lines = [header] + [(r.path, r.op, f"{r.max_abs:.3g}", f"{r.rel_error:.3g}", f"{r.cosine:.6f}",
-                             r.status + (f" ({r.detail})" if r.detail and r.status != "pass" else ""))
+        header = ("module", "op", "max_abs", "err/max|ref|", "cosine", "nonfinite", "result")
+
+        def figures(r: ModuleRow) -> tuple:
+            if r.status in ("error", "skip"):  # nothing was compared: no figure may read as a match
+                return ("-", "-", "-", "-")
+            return (f"{r.max_abs:.3g}", f"{r.rel_error:.3g}", f"{r.cosine:.6f}", str(r.nonfinite))
+
+        lines = [header] + [(r.path, r.op, *figures(r), r.status + (f" ({r.detail})" if r.detail and r.status != "pass"
+                                                                   else ""))
                             for r in self.rows]
         widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
         body = "\n".join("  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines)
-        return f"triage of {self.case} / {self.format} / {self.backend}\n{body}\n{self.summary}"
+        extra = [f"method: {self.method}"] if self.method else []
+        if self.first_nonfinite:
+            extra.append(f"first non-finite value: {self.first_nonfinite}")
+        if self.unmapped:
+            shown = "; ".join(self.unmapped[:8]) + (f"; ... ({len(self.unmapped) - 8} more)" if len(self.unmapped) > 8
+                                                     else "")
+            extra.append(f"not compared: {shown}")
+        return "\n".join([f"triage of {self.case} / {self.format} / {self.backend}", body, *extra, self.summary])
 
 
-def _record(model, inputs: tuple) -> dict[str, tuple]:
-    """path -> (args, output) of each submodule's first call, in execution order."""
+def _record(model, inputs: tuple, calls: Optional[dict[str, int]] = None) -> dict[str, tuple]:
+    """path -> (args, output) of each submodule's first call, in execution order; `calls`, when
+    given, receives how many times each module was called."""
     import torch
 
     records: dict[str, tuple] = {}
+    calls = {} if calls is None else calls
     pending: dict[str, tuple] = {}
     handles = []
     for path, module in model.named_modules():
@@ -89,6 +112,7 @@ def _record(model, inputs: tuple) -> dict[str, tuple]:
                 pending[path] = (_clone(args), _clone(kwargs))
 
         def hook(mod, args, kwargs, output, path=path):
+            calls[path] = calls.get(path, 0) + 1
             if path not in records and path in pending:
                 records[path] = (*pending.pop(path), _clone(output))
         handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
@@ -151,10 +175,27 @@ def triage(run: CaseRun, fmt: str, backend: str, workdir: Optional[Path] = None)
     workdir.mkdir(parents=True)
     size = max(case.batch_sizes)
     inputs = tuple(torch.from_numpy(a) for a in run.example_inputs().values())
-    records = _record(run.eager, inputs)
+    calls: dict[str, int] = {}
+    records = _record(run.eager, inputs, calls)
     as_returned = dict(run.model.named_modules())
     runner_cls = load_object(FORMATS[fmt].runner_for(backend))
     findings = {f.where: f for f in run.model_findings}
+
+    fallback = ""
+    if FORMATS[fmt].intermediates and FORMATS[fmt].precision != "fp32":
+        fallback = (f"a {FORMATS[fmt].precision} artefact's tensors all carry quantization error against eager, so "
+                    "the first one over tolerance says little; each module is quantized on its own instead")
+    elif FORMATS[fmt].intermediates:  # the artefact's own tensors, one run, no re-export
+        try:
+            found = _in_artefact(run, fmt, backend, records, as_returned, report, calls)
+        except Exception as e:
+            found, fallback = None, f"reading the artefact's intermediate tensors failed ({short_error(e, 1)})"
+        if found is not None:
+            return _conclude(report, found[0], found[1], findings, fmt)
+        fallback = fallback or report.method
+        report.rows, report.unmapped = [], []
+    report.method = "each module exported on its own and run on the target's runner (this format exposes no " \
+                    "intermediate tensors)" if not fallback else f"each module exported on its own: {fallback}"
 
     def check(path: str) -> ModuleRow:
         module = as_returned[path]
@@ -214,11 +255,24 @@ def triage(run: CaseRun, fmt: str, backend: str, workdir: Optional[Path] = None)
             break
         current = culprit
 
+    return _conclude(report, current, last_row, findings, fmt)
+
+
+def _conclude(report: TriageReport, current: str, last_row: Optional[ModuleRow], findings: dict,
+              fmt: str) -> TriageReport:
+    """The summary: the first divergence (`current`, its row), the lint of that module, the cause."""
     if not current:
-        report.summary = ("no divergence: every top-level module matches eager within tolerance"
-                          if all(r.status == "pass" for r in report.rows) else
-                          "no module diverges on its own (some could not be checked: see the table); the "
-                          "difference may come from how modules are combined in forward()")
+        checked = [r for r in report.rows if r.status in ("pass", "fail")]
+        if report.rows and not checked:
+            report.summary = ("nothing could be compared (every module errored or was skipped: see the table); "
+                              "triage cannot say where the export diverges")
+        else:
+            every = "every module compared" if report.method.startswith("the artefact's own") else \
+                "every top-level module"
+            report.summary = (f"no divergence: {every} matches eager within tolerance"
+                              if all(r.status == "pass" for r in report.rows) else
+                              "no module diverges on its own (some could not be checked: see the table); the "
+                              "difference may come from how modules are combined in forward()")
         if findings:
             report.lint = [f"{f.where} ({f.op}): {f.detail}" for f in findings.values()]
             report.summary += (f"; but the model has modules in training mode ({', '.join(findings)}), which this "
@@ -237,8 +291,82 @@ def triage(run: CaseRun, fmt: str, backend: str, workdir: Optional[Path] = None)
     else:
         report.cause = f"computes something else than eager (error {last_row.rel_error:.3g} of max|output|)"
     tail = "; module is in training mode" if lint else ""
-    report.summary = f"first divergence: {current} ({report.op}), {report.cause}{tail}"
+    fused = f" (its tensor also holds {', '.join(report.fused_with)}, fused into it by the exporter)" \
+        if report.fused_with else ""
+    report.summary = f"first divergence: {current} ({report.op}){fused}, {report.cause}{tail}"
     return report
+
+
+def _in_artefact(run: CaseRun, fmt: str, backend: str, records: dict, modules: dict,
+                 report: TriageReport, calls: dict[str, int]) -> Optional[tuple[str, Optional[ModuleRow]]]:
+    """Rows from the artefact's own intermediate tensors: (first divergence or "", its row), or None
+    when no tensor maps to a module (the caller falls back to exporting modules one by one)."""
+    from parity.case import load_object
+    from parity.formats import FORMATS
+
+    feeds = run.example_inputs()
+    size = int(next(iter(feeds.values())).shape[0])
+    path = run.artefact(fmt).path_for(size)
+    read = load_object(FORMATS[fmt].intermediates)
+    got = read(path, feeds, backend, set(records))
+    report.first_nonfinite = got.first_nonfinite
+    report.unmapped = [f"{m}: no tensor of its own in the artefact (fused into another module's ops, or not "
+                       "exported)" for m in got.unmapped if m in records]
+    if not got.mapped:
+        report.method = got.note or "no tensor of the artefact maps to a module"
+        return None
+    report.method = f"the artefact's own intermediate tensors ({len(got.mapped)} mapped to modules): {got.note}"
+    tol = run.tolerance_for(fmt, backend, run.output_names[0])
+    first: Optional[ModuleRow] = None
+    compared: set[str] = set()
+    for item in got.mapped:
+        if item.module not in records:
+            report.unmapped.append(f"{item.module} (tensor {item.tensor}): not a module the eager model called")
+            continue
+        if calls.get(item.module, 1) > 1:  # ResNet's one ReLU, called after bn1 and after the sum
+            report.unmapped.append(f"{item.module}: called {calls[item.module]} times in forward(); which call a "
+                                   "tensor belongs to is ambiguous")
+            continue
+        expected = [t.detach().cpu().numpy() for t in (_tensors(records[item.module][2]) or [])]
+        match = next((e for e in expected if tuple(e.shape) == tuple(item.value.shape)), None)
+        if match is None:
+            report.unmapped.append(f"{item.module} (tensor {item.tensor}, shape {list(item.value.shape)}): eager "
+                                   f"output shapes {[list(e.shape) for e in expected]} differ")
+            continue
+        if item.tensor in compared:  # a parent returning its last child's tensor: the child's row says it
+            continue
+        compared.add(item.tensor)
+        c = compare_outputs({"t": match}, {"t": item.value}, lambda n: tol)[0]
+        failed = not c.passed and not c.vacuous
+        row = ModuleRow(item.module, type(modules[item.module]).__name__ if item.module in modules else item.op,
+                        "fail" if failed else "pass", max_abs=c.max_abs, rel_error=c.scaled_error,
+                        cosine=c.cosine, detail=c.problem if failed else "", nonfinite=c.nonfinite,
+                        tensor=item.tensor)
+        report.rows.append(row)
+        if failed and first is None:
+            first = row
+    if first is None:
+        return "", None
+    # modules with no tensor of their own that ran (in eager) after the last module that still matched
+    # and before the diverging one: the exporter folded them into its tensor
+    order = list(records)
+    index = {m: i for i, m in enumerate(order)}
+    matched = [index[r.path] for r in report.rows[:report.rows.index(first)] if r.status == "pass" and r.path in index]
+    after = max(matched, default=-1)
+    tensorless = set(records) - {item.module for item in got.mapped}
+    report.fused_with = [m for m in order[after + 1:index[first.path]]
+                         if m in tensorless and not first.path.startswith(m + ".")
+                         and not any(o.startswith(m + ".") for o in order)]  # leaves only
+    try:  # the same module's tensor for the first sample run alone: does the artefact mix samples there?
+        alone = read(path, {k: v[:1] for k, v in feeds.items()}, backend, set(records))
+        solo = next((i.value for i in alone.mapped if i.tensor == first.tensor), None)
+        together = next(i.value for i in got.mapped if i.tensor == first.tensor)
+        if solo is not None and solo.shape[1:] == together.shape[1:]:
+            c = compare_outputs({"t": together[:1]}, {"t": solo}, lambda n: tol)[0]
+            first.batch_dependent = not c.passed and not c.vacuous
+    except Exception:
+        pass  # a fixed-batch file cannot run one sample: batch dependence stays unknown
+    return first.path, first
 
 
 def write(report: TriageReport, path: Path) -> Path:

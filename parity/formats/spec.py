@@ -61,6 +61,9 @@ class FormatInfo:
     oracles: tuple[tuple[str, str], ...] = ()
     #: backends run only where a case lists them (slow references): not in the default backend list
     opt_in_backends: tuple[str, ...] = ()
+    #: "module:function" reading the artefact's own intermediate tensors, mapped to source modules, in
+    #: one run (triage's first path): function(path, feeds, backend, known_modules) -> Intermediates
+    intermediates: str = ""
 
     def route(self, framework: str) -> Optional[Route]:
         """How a `framework` model is exported to this format, or None when it cannot be."""

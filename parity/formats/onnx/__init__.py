@@ -20,6 +20,7 @@ ONNX = FormatInfo(
     runners=(("ref", f"{_P}.runner:OnnxReferenceRunner"),),
     oracles=(("ref", "reference"), ("cpu-noopt", "unoptimised")),
     opt_in_backends=("cpu-noopt", "ref"),
+    intermediates=f"{_P}.intermediates:intermediates",
     requires=("torch", "onnx", "onnxruntime", "onnxscript"),
     install="pip install 'parity[onnx]'",
     exporter_options=("opset", "dynamo"),
