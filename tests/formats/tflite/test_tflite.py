@@ -313,3 +313,22 @@ def test_a_resizable_model_that_mixes_samples_is_exported_per_batch_size(case_di
         assert clean.artefact("tflite").batch_paths == {} and "one_artefact" in clean.artefact("tflite").metadata
     finally:
         session.close()
+
+
+def test_lint_of_an_eval_mode_model_that_mixes_samples_is_not_told_to_call_eval(case_dir, tmp_path):
+    """x - x.mean(0) in an eval-mode model: the artefact's MEAN over the batch axis is the model's own
+    computation, so the lint's fix is not model.eval() (that would change nothing)."""
+    from parity.catalog import load_case
+    from parity.checks.base import MIXES_FIX
+    from parity.session import Session
+
+    body = SMALL_CASE.replace("models:small", "models:batch_coupled").replace("[torchscript, onnx]", "[tflite]")
+    session = Session(tmp_path / "build", tmp_path / "golden")
+    try:
+        result = session.run_check(load_case(write_case(case_dir, "coupled", body + "checks: [lint]\n")), "tflite",
+                                   "", "lint")
+    finally:
+        session.close()
+    assert result.status == "failed" and result.cause == "batch-dependence", (result.cause, result.message)
+    assert result.fix == MIXES_FIX and "mixes samples across the batch" in result.why, (result.why, result.fix)
+    assert "model.eval()" not in result.fix and "model.eval()" not in result.message
