@@ -235,3 +235,34 @@ def test_the_taxonomy_is_complete_and_results_are_checked_against_it():
         CheckResult("failed", "x", cause="bogus")
     assert CheckResult("failed", "x", cause="drift").fix == CAUSES["drift"].fix  # the generic fix by default
     assert CheckResult("passed", "x", cause="drift").cause is None  # a pass has no cause
+    # wrong values before a documented limit, before a missing golden: what a person should read first
+    assert severity("nonfinite") < severity("numerics") < severity("precision-limit") < severity("unsupported") \
+        < severity("no-golden") < severity("harness-error")
+
+
+def _failure(case, fmt, check, cause, why="", status="failed"):
+    return {"case": case, "format": fmt, "backend": "cpu", "check": check, "status": status, "message": why,
+            "metrics": {}, "cause": cause, "why": why or f"{check} of {fmt}", "fix": CAUSES[cause].fix}
+
+
+def test_a_model_level_cause_absorbs_the_numerics_and_drift_failures_of_its_case():
+    """A model that mixes samples fails batch invariance, parity and golden in every format: one
+    finding of the case (both formats, five tests). What the model does not explain stays apart: a
+    failed export of the same case, and the numerics failure of another case."""
+    records = [
+        _failure("m", "onnx", "parity", "numerics"),  # listed first: the grouping must not depend on order
+        _failure("m", "torchscript", "golden", "drift"),
+        _failure("m", "onnx", "batch_invariance", "batch-dependence", "the model mixes samples across the batch"),
+        _failure("m", "torchscript", "batch_invariance", "batch-dependence", "the model mixes samples"),
+        _failure("m", "torchscript", "parity", "nonfinite"),
+        _failure("m", "coreml", "parity", "export-failed", status="error"),
+        _failure("other", "onnx", "parity", "numerics"),
+    ]
+    findings = group(records)
+    assert [(f.cause, f.case, f.format) for f in findings] == [
+        ("batch-dependence", "m", None), ("export-failed", "m", "coreml"), ("numerics", "other", "onnx")]
+    model = findings[0]
+    assert model.checks == {"batch_invariance": 2, "parity": 2, "golden": 1} and len(model.tests) == 5
+    assert sorted(model.formats) == ["onnx", "torchscript"] and model.where.startswith("m (")
+    assert model.why == "the model mixes samples across the batch"  # the most severe record's own why
+
