@@ -35,6 +35,31 @@ def test_suggested_update_command_runs_and_selects_exactly_that_case(suite, case
     assert (pytester.path / "golden" / "net").is_dir() and not (pytester.path / "golden" / "net_small").exists()
 
 
+def test_the_hint_of_a_pyargs_run_is_that_command_and_runs_verbatim(case_dir, pytester):
+    """README's invocation, `pytest --pyargs parity --cases DIR --golden DIR`: the suggested command
+    keeps --pyargs, --cases and --golden, and running it as printed records exactly that case."""
+    import json
+    import re
+    import shlex
+
+    body = SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [torchscript]") + "checks: [golden]\n"
+    write_case(case_dir, "net", body)
+    write_case(case_dir, "net_small", body)
+    golden, build = pytester.path / "goldens", pytester.path / "build"
+    result = pytester.runpytest_subprocess("--pyargs", "parity", "-p", "no:cacheprovider", "--cases", str(case_dir),
+                                           "--golden", str(golden), "--parity-build", str(build))
+    hint = re.search(r"no golden for case 'net'.*?create it with: (pytest .*?)$", result.stdout.str(), re.M)
+    assert hint, result.stdout.str()[-2000:]
+    assert hint.group(1).startswith(f"pytest --pyargs parity --cases {case_dir} --golden {golden} "
+                                    f"--parity-build {build} --update-golden -k "), hint.group(1)
+    words = shlex.split(hint.group(1))
+    report = pytester.path / "report.json"
+    result = pytester.runpytest_subprocess(*words[1:], "--parity-report", str(report))  # as printed
+    assert result.ret == 0, result.stdout.str()[-2000:]
+    assert {r["case"] for r in json.loads(report.read_text())} == {"net"}
+    assert (golden / "net").is_dir() and not (golden / "net_small").exists()
+
+
 def test_clean_case_passes_and_golden_round_trip(suite, case_dir, pytester):
     write_case(case_dir, "small", SMALL_CASE + "checks: [parity, golden]\n")
     result, records = suite()
