@@ -8,7 +8,7 @@ input, one result line on its standard output). It builds each case's model from
 and seed as the parent (so it is the same model), keeping the last case's built model for the next
 export of that case. A crash or a hang kills the worker and fails only that export; the next export
 starts a fresh worker. A worker whose parent dies reads the end of its input, removes its scratch
-directory and exits.
+directory and exits; one busy in a converter then is ended by its own watchdog thread.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ class ExportWorker:
         self.proc = subprocess.Popen([sys.executable, "-m", "parity.pipeline.worker_main", self.framework,
                                       str(self.scratch)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, bufsize=1, start_new_session=True)  # a hang is killed whole
+                                     text=True, bufsize=1, start_new_session=True,  # a hang is killed whole
+                                     env={**os.environ, "PARITY_WORKER_PARENT": str(os.getpid())})  # its watchdog's
         self.lines: queue.Queue = queue.Queue()
         self.stderr: collections.deque = collections.deque(maxlen=200)
         threading.Thread(target=self._read, args=(self.proc.stdout, self.lines), daemon=True).start()

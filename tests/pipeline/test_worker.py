@@ -181,3 +181,67 @@ def test_an_error_in_the_worker_outside_the_exporter_reads_as_its_own_message(ca
     lines = result.message.splitlines()
     assert not any(line.lstrip().startswith(("^", "~", "Traceback", "File ")) for line in lines), result.message
     assert "Last output" not in result.message
+
+
+SLEEPY = '''
+from pathlib import Path
+
+
+def sleepy_export(model, example_inputs, path):
+    """A converter that hangs: it says it started, then sleeps far past the test."""
+    import time
+
+    (Path(path).parent / "started").write_text("")
+    time.sleep(3600)
+'''
+
+PARENT_OF_A_BUSY_WORKER = '''
+import sys
+from pathlib import Path
+from parity.catalog import load_case
+from parity.pipeline.worker import worker
+case = load_case(sys.argv[1])
+w = worker(case.framework)
+w._start()
+print(w.proc.pid, w.scratch, flush=True)
+w.export(case, "onnx", Path(sys.argv[2]), timeout_s=3600)
+'''
+
+
+def test_a_worker_busy_in_a_hung_converter_when_its_parent_is_killed_cleans_up_and_exits(case_dir, tmp_path):
+    """It reads no input while it hangs: it must notice the parent's death on its own."""
+    (case_dir / "sleepy.py").write_text(SLEEPY, encoding="utf-8")
+    body = SMALL_CASE + "checks: [parity]\nexport:\n  onnx: {function: 'sleepy:sleepy_export', timeout_s: 3600}\n"
+    path = write_case(case_dir, "sleepy", body)
+    out = tmp_path / "out"
+    out.mkdir()
+    parent = subprocess.Popen([sys.executable, "-c", PARENT_OF_A_BUSY_WORKER, str(path), str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    pid, scratch = parent.stdout.readline().split()
+    child, scratch = int(pid), Path(scratch)
+    try:
+        for _ in range(600):  # the worker builds the model, then enters the converter
+            if (out / "started").exists():
+                break
+            assert parent.poll() is None, "the parent ended before the export started"
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the export never started")
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        for _ in range(75):
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the busy worker outlived its killed parent by 15 s")
+        assert not scratch.exists()
+    finally:
+        for p in (parent.pid, child):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        parent.wait()
