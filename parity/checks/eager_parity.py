@@ -44,9 +44,11 @@ def check_parity(run: CaseRun, fmt: str, backend: str, session: "Context") -> Ch
         found = blame(run, fmt, backend, failing)
         if found is not None:
             metrics["blame"] = found.as_dict()
-            notes.insert(0, f"blame: {found.sentence}; fix: {found.fix}")
             if numeric_cause(rows, fmt)[0] != "nonfinite":  # there the NaN is the first thing to read
-                explained = {"why": found.sentence, "fix": found.fix}
+                explained = {"why": found.sentence, "fix": found.fix}  # the message opens and ends with them
+                notes.insert(0, f"blame: {found.sentence}")
+            else:
+                notes.insert(0, f"blame: {found.sentence}; fix: {found.fix}")
     return verdict(f"parity of {fmt}/{backend} against the eager model", rows, run, fmt, backend, metrics, notes,
                    **explained)
 
