@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import textwrap
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -289,3 +292,27 @@ def case_dir(tmp_path: Path) -> Path:
     d.mkdir()
     (d / "models.py").write_text(MODELS, encoding="utf-8")
     return d
+
+
+def find_chromium() -> Optional[str]:
+    """Headless Chromium's path, or None."""
+    return shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+
+
+def in_ci() -> bool:
+    """Whether CI is set (CI systems set it; tox does not pass it on, but keeps its value under
+    ``__TOX_ENVIRONMENT_VARIABLE_ORIGINAL_CI``, and tox.ini's pass_env is not ours to change)."""
+    value = os.environ.get("CI") or os.environ.get("__TOX_ENVIRONMENT_VARIABLE_ORIGINAL_CI") or ""
+    return value.strip().lower() not in ("", "0", "false", "no")
+
+
+def require_chromium(found: Optional[str]) -> str:
+    """`found`, or a skip where Chromium is missing: a failure where CI is set, so that a CI run
+    that could not install it never passes without rendering the HTML report."""
+    if found:
+        return found
+    why = "headless Chromium not installed (Debian: apt-get install chromium)"
+    if in_ci():
+        pytest.fail(f"{why}, and CI is set: the HTML render tests must run in CI", pytrace=False)
+    pytest.skip(why)
+

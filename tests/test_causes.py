@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import MODELS, SMALL_CASE, write_case
+from conftest import MODELS, SMALL_CASE, find_chromium, require_chromium, write_case
 from parity.causes import CAUSES, ORDER, severity
 from parity.checks.base import CheckResult
 from parity.report import load
@@ -212,13 +211,12 @@ def test_markdown_and_html_lead_with_the_findings(run):
     assert 'href="#t-trained-torchscript-lint"' in page  # each test the finding explains links to its details
 
 
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+CHROMIUM = find_chromium()
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian: apt-get install chromium)")
 def test_the_html_of_a_failing_run_renders_findings_first_in_chromium(run, tmp_path):
     d, _, _ = run
-    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+    dom = subprocess.run([require_chromium(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                           f"--user-data-dir={tmp_path / 'p'}", "--dump-dom", (d / "r.html").as_uri()],
                          capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MODELS, SMALL_CASE, write_case
+from conftest import MODELS, SMALL_CASE, find_chromium, in_ci, require_chromium, write_case
 from parity.report import html, junit, load, markdown, svg
 from parity.report.diff import Thresholds, diff
 from parity.report.run import Run, outcome, run_path, target_id
@@ -137,13 +137,12 @@ def _png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", head[16:24])
 
 
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+CHROMIUM = find_chromium()
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian: apt-get install chromium)")
 def test_html_renders_in_headless_chromium(outputs, tmp_path):
     d, _ = outputs
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    flags = [require_chromium(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'p'}"]
     url = (d / "r.html").as_uri()
     shot = tmp_path / "shot.png"
@@ -157,6 +156,22 @@ def test_html_renders_in_headless_chromium(outputs, tmp_path):
     keep = os.environ.get("PARITY_KEEP_SCREENSHOT")
     if keep:
         shutil.copy(shot, keep)
+
+
+def test_the_chromium_tests_fail_rather_than_skip_in_ci_without_chromium(monkeypatch):
+    """Where CI is set, a missing Chromium is a failure: a CI run never passes without rendering the HTML."""
+    assert require_chromium("/opt/chromium") == "/opt/chromium"
+    monkeypatch.delenv("__TOX_ENVIRONMENT_VARIABLE_ORIGINAL_CI", raising=False)
+    for value, outcome in (("true", pytest.fail.Exception), ("1", pytest.fail.Exception),
+                           ("false", pytest.skip.Exception), ("", pytest.skip.Exception)):
+        monkeypatch.setenv("CI", value)
+        with pytest.raises(outcome):
+            require_chromium(None)
+    monkeypatch.delenv("CI")
+    monkeypatch.setenv("__TOX_ENVIRONMENT_VARIABLE_ORIGINAL_CI", "true")  # CI under tox, which does not pass CI on
+    assert in_ci()
+    with pytest.raises(pytest.fail.Exception, match="CI is set"):
+        require_chromium(None)
 
 
 # --------------------------------------------------------------------------- renderers on hand-made records
