@@ -278,3 +278,68 @@ def test_rows_that_could_not_be_compared_show_no_figures():
     assert "1.000000" not in table and " 0 " not in table
     line = next(line for line in table.splitlines() if line.startswith("features"))
     assert line.split()[2:6] == ["-", "-", "-", "-"]
+
+
+OWN_EXPORTER = '''
+import torch
+from torch import nn
+
+
+class Small(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.relu(self.conv(x)), 1))
+
+
+def small():
+    torch.manual_seed(0)
+    return Small().eval()
+
+
+def perturbing_export(model, example_inputs, path):
+    """The user's own exporter, with a bug in one layer; weights in model.onnx.data beside the file."""
+    with torch.no_grad():
+        model.fc.weight.mul_(1.01)
+    torch.onnx.export(model.eval(), example_inputs, str(path), dynamo=True, external_data=True,
+                      input_names=["x"], output_names=["out"],
+                      dynamic_shapes=({0: torch.export.Dim("b", min=1, max=64)},))
+    return {"exporter": "perturbing"}
+'''
+
+
+def test_a_case_exporter_writing_external_data_is_triaged_inside_its_artefact(tmp_path, monkeypatch):
+    """A case's own exporter that only makes sense for the whole model: the artefact's own tensors name
+    the layer (re-exporting submodules through it could not), and weights stored beside the file are
+    read from there, whatever the working directory."""
+    d = tmp_path / "cases"
+    d.mkdir()
+    (d / "own_models.py").write_text(OWN_EXPORTER)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    session = Session(tmp_path / "build", tmp_path / "golden")
+    case = load_case(write_case(d, "own", """
+        model: {factory: 'own_models:small'}
+        inputs: {x: {shape: [3, 8, 8]}}
+        batch_sizes: [1, 3]
+        formats: [onnx]
+        backends: [cpu]
+        checks: [parity, lint]
+        export:
+          onnx: {function: 'own_models:perturbing_export'}
+        """))
+    try:
+        parity = session.run_check(case, "onnx", "cpu", "parity")
+        lint = session.run_check(case, "onnx", "", "lint")
+        report = triage(session.case_run(case), "onnx", "cpu")
+    finally:
+        session.close()
+    assert parity.status == "failed" and parity.cause == "numerics", parity.message
+    assert lint.status == "passed", lint.message  # the lint read model.onnx.data beside the model
+    assert report.method.startswith("the artefact's own intermediate tensors"), report.table()
+    assert report.first_divergence == "fc", report.table()
+    assert [r.status for r in report.rows] == ["pass", "fail"]

@@ -28,7 +28,9 @@ def lint(path: Path) -> list[Finding]:
     from onnx import numpy_helper
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    # weights in a .data file beside the model (torch.onnx.export's default, external_data=True) are read
+    # from the model's directory, not the working directory
+    constants = {init.name: numpy_helper.to_array(init, base_dir=str(Path(path).parent)) for init in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute:
             try:
