@@ -64,6 +64,7 @@ class TriageReport:
     #: modules without a tensor of their own that the exporter fused into the first divergence's tensor
     #: (a Conv folded into the BatchNorm after it): the bug may be in any of them
     fused_with: list[str] = field(default_factory=list)
+    tolerance_scale: Optional[float] = None  # err/max|ref| a row may reach (the case's tolerance for the format)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -177,6 +178,7 @@ def triage(run: CaseRun, fmt: str, backend: str, workdir: Optional[Path] = None)
     inputs = tuple(torch.from_numpy(a) for a in run.example_inputs().values())
     calls: dict[str, int] = {}
     records = _record(run.eager, inputs, calls)
+    report.tolerance_scale = run.tolerance_for(fmt, backend, run.output_names[0]).scale
     as_returned = dict(run.model.named_modules())
     runner_cls = load_object(FORMATS[fmt].runner_for(backend))
     findings = {f.where: f for f in run.model_findings}

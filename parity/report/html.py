@@ -172,6 +172,22 @@ def _batch_plots(record: dict) -> list[str]:
     return plots
 
 
+def _triage_plots(record: dict) -> list[str]:
+    """The error-by-depth curve of the triage attached to a failure (``--parity-triage``)."""
+    found = record.get("metrics", {}).get("triage")
+    if not isinstance(found, dict):
+        return []
+    rows = [r for r in found.get("rows") or [] if isinstance(r, dict) and r.get("status") in ("pass", "fail")]
+    if len(rows) < 2:
+        return []
+    first = found.get("first_divergence")
+    mark = next((i for i, r in enumerate(rows) if r.get("path") == first), None)
+    tolerance = number(found.get("tolerance_scale"))
+    return [svg.curve([str(r.get("path")) for r in rows], [number(r.get("rel_error")) for r in rows],
+                      f"triage: error by module ({record.get('format')}/{record.get('backend')})", "err / max|ref|",
+                      limit=tolerance, mark=mark, note=f"first divergence: {first}" if first else "no divergence")]
+
+
 def _accuracy_plots(record: dict) -> list[str]:
     m = record.get("metrics", {})
     plots = []
@@ -212,7 +228,7 @@ def _short(v, digits: int = 4) -> str:
 
 def _target(record: dict) -> str:
     o = outcome(record)
-    plots = [*_profile_plots(record), *_batch_plots(record), *_accuracy_plots(record)]
+    plots = [*_profile_plots(record), *_batch_plots(record), *_triage_plots(record), *_accuracy_plots(record)]
     parts = [f'<div class="target" id="{_anchor(record)}" style="border-color:{BADGES.get(o, "#ccc")}">',
              f"<h3>{_badge(o)} {escape(target_id(record))}</h3>"]
     if record.get("cause") and o in ("failed", "error", "xfailed"):

@@ -1,4 +1,5 @@
-"""Just enough SVG charting for the HTML report: a log-x histogram, a scatter with its diagonal, bars.
+"""Just enough SVG charting for the HTML report: a log-x histogram, a scatter with its diagonal, bars,
+and a curve of values along an ordered axis (error by depth).
 
 Inline SVG keeps the page one self-contained file that any browser renders without scripts, and
 keeps the report free of a plotting dependency (matplotlib would add about 40 MB to a harness
@@ -164,6 +165,50 @@ def bars(labels: Sequence[str], values: Sequence[float], title: str, ylabel: str
     if note:
         body.append(f'<text x="{LEFT + 6}" y="{TOP + 10}" fill="#555">{escape(note)}</text>')
     return _frame(title, "", ylabel, None, y, body, xticks=ticks)
+
+
+def curve(labels: Sequence[str], values: Sequence[float], title: str, ylabel: str, limit: Optional[float] = None,
+          limit_label: str = "tolerance", mark: Optional[int] = None, note: str = "") -> str:
+    """Values in order (modules in execution order) as a line on a log scale, a dashed line at `limit`
+    and the point at index `mark` (the first divergence) in red; every k-th label on the x axis."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    positive = [v for v in [*finite, *([limit] if limit else [])] if v > 0]
+    if not values or not positive:
+        return _empty(title, "no values above zero")
+    floor = min(positive) / 2
+    y = Scale(floor, max(positive) * 2, H - BOTTOM, TOP, log=True)
+    n = len(values)
+    step_px = (W - RIGHT - LEFT) / max(n - 1, 1)
+
+    def x_at(i: int) -> float:
+        return LEFT + step_px * i if n > 1 else (LEFT + W - RIGHT) / 2
+
+    points, body = [], []
+    for i, v in enumerate(values):
+        if v is None or not math.isfinite(v):
+            body.append(f'<text x="{x_at(i):.1f}" y="{TOP + 12}" text-anchor="middle" fill="{RED}">inf</text>')
+            continue
+        points.append(f"{x_at(i):.1f},{y(max(v, floor)):.1f}")
+    if points:
+        body.append(f'<polyline points="{" ".join(points)}" fill="none" stroke="{BLUE}" stroke-width="1.5"/>')
+    for i, (label, v) in enumerate(zip(labels, values)):
+        if v is None or not math.isfinite(v):
+            continue
+        colour = RED if i == mark else BLUE
+        radius = 4 if i == mark else 2
+        body.append(f'<circle cx="{x_at(i):.1f}" cy="{y(max(v, floor)):.1f}" r="{radius}" fill="{colour}">'
+                    f'<title>{escape(label)}: {_num(v)}</title></circle>')
+    if limit is not None and math.isfinite(limit) and limit > 0:
+        py = y(limit)
+        body.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{py:.1f}" y2="{py:.1f}" stroke="{RED}" '
+                    f'stroke-dasharray="5 3"/>')
+        body.append(f'<text x="{LEFT + 4}" y="{py - 4:.1f}" fill="{RED}" stroke="#fff" stroke-width="3" '
+                    f'paint-order="stroke">{escape(limit_label)} {_num(limit)}</text>')
+    if note:
+        body.append(f'<text x="{LEFT + 6}" y="{TOP + 10}" fill="#555">{escape(note)}</text>')
+    every = max(1, math.ceil(n / 6))
+    ticks = [(x_at(i), labels[i] if len(labels[i]) <= 14 else "..." + labels[i][-11:]) for i in range(0, n, every)]
+    return _frame(title, "modules in execution order", ylabel, None, y, body, xticks=ticks)
 
 
 def _empty(title: str, why: str) -> str:
