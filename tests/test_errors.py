@@ -17,6 +17,10 @@ def test_short_error_drops_ansi_codes_and_keeps_the_text():
 def test_check_messages_reach_reports_without_ansi_codes():
     result = CheckResult("failed", f"{RED}\x1b[1;4mexport failed{RESET}\nsecond line\x1b]0;title\x07")
     assert result.message == "export failed\nsecond line"
+    # the cause's sentences travel to the terminal findings, the JSON, the HTML and JUnit too
+    result = CheckResult("failed", "x", cause="export-failed", why=f"{RED}converter raised{RESET}",
+                         fix=f"\x1b[1mread the converter's line{RESET}")
+    assert (result.why, result.fix) == ("converter raised", "read the converter's line")
     assert "\x1b" not in strip_ansi(f"\x1b[2K\x1b[?25l{RED}x")
 
 

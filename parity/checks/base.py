@@ -54,7 +54,8 @@ class CheckResult:
         from parity.causes import CAUSES
         from parity.errors import strip_ansi
 
-        self.message = strip_ansi(self.message)  # colour codes from converters stay out of reports
+        # colour codes from converters stay out of reports (the why and fix reach them too)
+        self.message, self.why, self.fix = strip_ansi(self.message), strip_ansi(self.why), strip_ansi(self.fix)
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
         if self.cause is not None and self.cause not in CAUSES:
