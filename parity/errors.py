@@ -99,3 +99,46 @@ def export_hint(text: str) -> Optional[str]:
                 "traces one static graph; export the part before it (the backbone and heads) or use a route that "
                 "supports it")
     return None
+
+
+#: What says the machine, not the export, ran out of something (disk, memory), in an error's text.
+_EXHAUSTED = re.compile(r"No space left on device|Disk quota exceeded|Cannot allocate memory|std::bad_alloc",
+                        re.IGNORECASE)
+
+
+def resource_exhausted(exc: BaseException) -> Optional[str]:
+    """"no space left on device" or "out of memory" when `exc` (or an exception it came from) says the
+    machine ran out of disk or memory: a failure that says nothing about the model or the converter, so
+    it must never be cached as a known failure. None otherwise."""
+    import errno
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, MemoryError):
+            return "out of memory"
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "no space left on device"
+        if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+            return "out of memory"
+        found = _EXHAUSTED.search(str(exc))
+        if found:
+            return "out of memory" if "alloc" in found.group(0).lower() else "no space left on device"
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def exhausted_export(exc: BaseException, fmt: str, where) -> Optional[ExportError]:
+    """A transient ExportError, in one line naming what ran out and where the export wrote, when `exc`
+    says the machine ran out of disk or memory (:func:`resource_exhausted`); else None."""
+    what = resource_exhausted(exc)
+    if what is None:
+        return None
+    said = short_error(exc, 1).rstrip(":")
+    if what == "out of memory":
+        return ExportError(f"the {fmt} export ran out of memory ({said}); free memory or run fewer exports at once, "
+                           "then run again (a failure like this is never cached as a known failure)", transient=True)
+    filename = getattr(exc, "filename", None)
+    return ExportError(f"the {fmt} export failed: no space left on device writing "
+                       f"{filename if filename else f'under {where}'} ({said}); free space there, then run again "
+                       "(a failure like this is never cached as a known failure)", transient=True)

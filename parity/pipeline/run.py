@@ -26,7 +26,7 @@ from parity.artefact import Artefact, Expected
 from parity.case import Case, load_object
 from parity.case.schema import DEFAULT_TIMEOUT_S
 from parity.errors import (BackendUnavailable, CaseError, ExportError, ParityError, ReferenceFailed, RunnerError,
-                           export_hint, missing_kernel, short_error)
+                           exhausted_export, export_hint, missing_kernel, short_error)
 from parity.formats import FORMATS
 from parity.outputs import dotted, has_names
 from parity.pipeline.inputs import batch, make_pool
@@ -368,10 +368,18 @@ class CaseRun:
                         "output_names": artefact.output_names, "metadata": artefact.metadata,
                         "batch_files": {b: p.name for b, p in artefact.batch_paths.items()}}, default=str))
             except ExportError as e:
-                if not e.transient:
-                    with self.cache.writing(failed) as tmp:
-                        (tmp / "error.json").write_text(json.dumps({"message": str(e), "cause": e.cause}))
+                if not e.transient:  # a hang, a full disk, a lack of memory, a kill -9: retried next run
+                    try:
+                        with self.cache.writing(failed) as tmp:
+                            (tmp / "error.json").write_text(json.dumps({"message": str(e), "cause": e.cause}))
+                    except OSError:
+                        pass  # not remembered: the export is retried next run
                 raise
+            except OSError as e:  # storing the artefact in the cache
+                exhausted = exhausted_export(e, fmt, entry.parent)
+                if exhausted is None:
+                    raise
+                raise exhausted from e
             artefact.path = entry / artefact.path.name
             artefact.batch_paths = {b: entry / p.name for b, p in artefact.batch_paths.items()}
             artefact.metadata.update(cached=False, cache_key=key)
@@ -474,7 +482,7 @@ class CaseRun:
         except ExportError as e:
             if size is None:
                 raise
-            raise ExportError(f"{e} (batch size {size})") from e
+            raise ExportError(f"{e} (batch size {size})", e.cause, e.transient) from e
 
     def _resize_refused(self, fmt: str, path: Path, source: str, metadata: dict, batch_sizes: list[int]) \
             -> Optional[str]:
@@ -588,6 +596,9 @@ class CaseRun:
         except CaseError:
             raise
         except Exception as e:
+            exhausted = exhausted_export(e, fmt, path.parent)  # the machine's disk or memory: never cached
+            if exhausted is not None:
+                raise exhausted from e
             hint = export_hint(f"{type(e).__name__}: {e}")
             raise ExportError(f"{hint + ': ' if hint else ''}{who} raised {short_error(e)}") from e
         if not path.exists():

@@ -146,7 +146,8 @@ class ExportWorker:
                 return self._died(fmt)
             if line.startswith(ERROR):
                 self.exports += 1
-                raise ExportError(json.loads(line[len(ERROR):]))
+                said = json.loads(line[len(ERROR):])  # {"message", "transient"}
+                raise ExportError(said["message"], transient=bool(said.get("transient")))
             if line.startswith(MARK):
                 self.exports += 1
                 payload = json.loads(line[len(MARK):])
@@ -158,6 +159,11 @@ class ExportWorker:
         last = _tail(self.stderr)
         self._gone()
         said = f"Last output:\n{last}" if last else "It printed nothing before it died."
+        if code == -signal.SIGKILL:  # from outside: the system's out-of-memory killer, most often; not cached
+            raise ExportError(f"parity's export worker was killed (signal 9, SIGKILL) during the {fmt} export: most "
+                              "often the system's out-of-memory killer (see dmesg); free memory or run fewer exports "
+                              f"at once, then run again (a failure like this is never cached as a known failure). "
+                              f"{said}", transient=True)
         if code < 0:
             name = signal.Signals(-code).name
             raise ExportError(f"the {fmt} exporter crashed its process with signal {-code} ({name}); it ran in "

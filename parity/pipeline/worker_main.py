@@ -46,7 +46,7 @@ def main(framework: str, scratch_dir: str = "") -> int:
     import parity._triton_first  # noqa: F401  (before anything imports TensorFlow)
 
     from parity.case import Case
-    from parity.errors import CaseError, ExportError, short_error
+    from parity.errors import CaseError, ExportError, exhausted_export, short_error
     from parity.pipeline.cache import Cache
     from parity.pipeline.run import CaseRun
 
@@ -78,11 +78,15 @@ def main(framework: str, scratch_dir: str = "") -> int:
                 metadata, source = run.export_files(request["format"], Path(request["out_dir"]),
                                                     request.get("sizes") or None)
             except (ExportError, CaseError) as e:
-                answer(ERROR, str(e))
+                answer(ERROR, {"message": str(e), "transient": bool(getattr(e, "transient", False))})
                 continue
             except Exception as e:  # outside the exporter call: its message, not a traceback's last lines
-                answer(ERROR, f"the {request.get('format', '?')} export failed in parity's export worker: "
-                              f"{short_error(e, 3)}")
+                exhausted = exhausted_export(e, request.get("format", "?"), request.get("out_dir", scratch))
+                if exhausted is not None:  # a full disk or no memory: never cached as a known failure
+                    answer(ERROR, {"message": str(exhausted), "transient": True})
+                    continue
+                answer(ERROR, {"message": f"the {request.get('format', '?')} export failed in parity's export "
+                                          f"worker: {short_error(e, 3)}", "transient": False})
                 continue
             answer(MARK, {"metadata": metadata, "source": source})
     finally:

@@ -4,6 +4,7 @@ determines an artefact re-exports, so a stale artefact is never used."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from conftest import SMALL_CASE, write_case
 from parity.session import Session
@@ -143,3 +144,54 @@ def test_a_file_swapped_into_the_cache_is_never_loaded(case_dir, tmp_path):
     assert again.metrics["artefact"]["cached"] is False  # re-made, not loaded
     assert artefact.read_bytes() == original
     assert parity_run(tmp_path, path).metrics["artefact"]["cached"] is True
+
+
+FLAKY = '''
+import errno
+import os
+import signal
+from pathlib import Path
+
+import torch
+
+CALLS = Path(__file__).with_name("calls.txt")
+
+
+def flaky_export(model, example_inputs, path):
+    """Fails the first time as the machine would (a full disk, no memory, the OOM killer), then exports."""
+    first = not CALLS.exists()
+    CALLS.write_text(CALLS.read_text() + "x" if CALLS.exists() else "x")
+    if first:
+        FAILURE
+    torch.onnx.export(model, example_inputs, str(path), dynamo=False, opset_version=17, input_names=["x"],
+                      output_names=["logits"], dynamic_axes={"x": {0: "b"}, "logits": {0: "b"}})
+    return {}
+'''
+
+FAILURES = {
+    "disk-full": ('raise OSError(errno.ENOSPC, "No space left on device")', "no space left on device writing under "),
+    "disk-full-in-process": ('raise OSError(errno.ENOSPC, "No space left on device")',
+                             "no space left on device writing under "),
+    "out-of-memory": ("raise MemoryError()", "ran out of memory"),
+    "oom-killed": ("os.kill(os.getpid(), signal.SIGKILL)", "was killed (signal 9, SIGKILL)"),
+}
+
+
+@pytest.mark.parametrize("failure", list(FAILURES))
+def test_a_failure_of_the_machine_is_never_cached_as_a_known_failure(case_dir, tmp_path, failure):
+    """A full disk, a MemoryError or a worker killed by SIGKILL (the OOM killer) says nothing about the
+    export: the next run tries again, and the message says what ran out (and where, for the disk)."""
+    raising, said = FAILURES[failure]
+    (case_dir / "flaky.py").write_text(FLAKY.replace("FAILURE", raising), encoding="utf-8")
+    isolate = ", isolate: false" if failure.endswith("in-process") else ""
+    path = write_case(case_dir, "f", BODY + f"export:\n  onnx: {{function: 'flaky:flaky_export'{isolate}}}\n")
+    first = parity_run(tmp_path, path)
+    assert first.status == "error" and said in first.message, first.message
+    assert "never cached" in first.message and len(first.message.splitlines()) == 1, first.message
+    if failure.startswith("disk-full"):
+        assert str(tmp_path / "build" / "cache" / "export") in first.message, first.message
+    assert not (tmp_path / "build" / "cache" / "export-failed").exists() or \
+        not any((tmp_path / "build" / "cache" / "export-failed").iterdir())
+    again = parity_run(tmp_path, path)
+    assert again.status == "passed", again.message
+    assert (case_dir / "calls.txt").read_text() == "xx"  # tried again

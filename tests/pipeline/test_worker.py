@@ -245,3 +245,50 @@ def test_a_worker_busy_in_a_hung_converter_when_its_parent_is_killed_cleans_up_a
             except ProcessLookupError:
                 pass
         parent.wait()
+
+
+FULL_DISK_ON_COPY = '''
+import errno
+import sys
+from pathlib import Path
+
+from models import small
+
+CALLS = Path(__file__).with_name("copies.txt")
+
+
+class FullDisk(type(small())):
+    """The worker's first copy of the model (outside the converter call) meets a full disk."""
+
+    def __deepcopy__(self, memo):
+        if "worker_main" in (getattr(sys.modules["__main__"], "__file__", "") or "") and not CALLS.exists():
+            CALLS.write_text("x")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        clone = small()
+        clone.load_state_dict(self.state_dict())
+        return clone.train(self.training)
+
+
+def full_disk():
+    model = small()
+    model.__class__ = FullDisk
+    return model
+'''
+
+
+def test_a_full_disk_in_the_worker_outside_the_exporter_is_named_and_retried_next_run(case_dir, tmp_path):
+    (case_dir / "fulldisk.py").write_text(FULL_DISK_ON_COPY, encoding="utf-8")
+    body = SMALL_CASE.replace("models:small", "fulldisk:full_disk").replace("[torchscript, onnx]", "[onnx]")
+    path = write_case(case_dir, "fulldisk", body)
+    results = []
+    for _ in range(2):
+        session = Session(tmp_path / "b", tmp_path / "g")
+        try:
+            results.append(session.run_check(load_case(path), "onnx", "cpu", "parity"))
+        finally:
+            session.close()
+    first, again = results
+    assert first.status == "error", first.message
+    assert "the onnx export failed: no space left on device writing under " in first.message, first.message
+    assert str(tmp_path / "b") in first.message and len(first.message.splitlines()) == 1, first.message
+    assert again.status == "passed", again.message  # retried: not a known failure
