@@ -264,3 +264,20 @@ def test_a_model_level_cause_absorbs_the_numerics_and_drift_failures_of_its_case
     assert sorted(model.formats) == ["onnx", "torchscript"] and model.where.startswith("m (")
     assert model.why == "the model mixes samples across the batch"  # the most severe record's own why
 
+
+
+def test_fp16_overflow_is_a_precision_limit_in_a_reduced_precision_format_only():
+    """An Inf where the eager value is finite but beyond fp16's largest (65504): the format's range in
+    coreml_fp16, a non-finite export in an fp32 format."""
+    import numpy as np
+
+    from parity.checks.base import numeric_cause
+    from parity.compare import compare_output
+    from parity.tolerance import Tolerance, invariance
+
+    tol = invariance(Tolerance(), None, "fp16")
+    expected = np.array([[1.0, 7e4, -2.0]], dtype=np.float32)
+    rows = [("b1", compare_output("y", expected, np.array([[1.0, np.inf, -2.0]], dtype=np.float32), tol))]
+    cause, why = numeric_cause(rows, "coreml_fp16")
+    assert cause == "precision-limit" and "overflow" in why and "65504" in why, why
+    assert numeric_cause(rows, "onnx")[0] == "nonfinite"
