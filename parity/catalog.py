@@ -26,7 +26,8 @@ def default() -> Catalog:
                    quantized=tuple(n for n, info in FORMATS.items() if info.precision == "int8"),
                    opt_in_checks=tuple(n for n, c in CHECKS.items() if c.opt_in), frameworks=tuple(FRAMEWORKS),
                    routes=routes,
-                   opt_in_backends=tuple(dict.fromkeys(b for info in FORMATS.values() for b in info.opt_in_backends)))
+                   opt_in_backends=tuple(dict.fromkeys(b for info in FORMATS.values() for b in info.opt_in_backends)),
+                   opt_in_formats=tuple(n for n, info in FORMATS.items() if info.opt_in))
 
 
 def load_case(path: str | Path, root: str | Path | None = None, allow_external: bool = False) -> Case:

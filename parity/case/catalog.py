@@ -31,6 +31,8 @@ class Catalog:
     quantized: tuple[str, ...] = ()
     #: backends only a case that lists them runs (slow reference evaluators): not in the default list
     opt_in_backends: tuple[str, ...] = ()
+    #: formats only a case that lists them runs (other routes to a format): not in the default list
+    opt_in_formats: tuple[str, ...] = ()
 
     @property
     def default_backends(self) -> list[str]:
@@ -38,8 +40,9 @@ class Catalog:
 
     def formats_for(self, framework: str, quantized: bool = True) -> list[str]:
         """Every format a `framework` model can be exported to, in registry order (without the INT8
-        ones unless `quantized`)."""
-        return [f for f in self.formats if (f, framework) in self.routes and (quantized or f not in self.quantized)]
+        ones unless `quantized`, and without the opt-in routes)."""
+        return [f for f in self.formats if (f, framework) in self.routes and (quantized or f not in self.quantized)
+                and f not in self.opt_in_formats]
 
     def exporter_options(self, fmt: str, framework: str) -> Optional[tuple[str, ...]]:
         """Options of the built-in exporter of (`fmt`, `framework`); None when there is no route."""

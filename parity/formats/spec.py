@@ -61,6 +61,8 @@ class FormatInfo:
     oracles: tuple[tuple[str, str], ...] = ()
     #: backends run only where a case lists them (slow references): not in the default backend list
     opt_in_backends: tuple[str, ...] = ()
+    #: an alternative route or variant that only cases listing it run (not in the default format list)
+    opt_in: bool = False
     #: "module:function" reading the artefact's own intermediate tensors, mapped to source modules, in
     #: one run (triage's first path): function(path, feeds, backend, known_modules) -> Intermediates
     intermediates: str = ""

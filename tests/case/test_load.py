@@ -383,3 +383,12 @@ def test_reference_backends_are_opt_in(case_dir):
     assert "cpu" in default.backends and "ref" not in default.backends and "cpu-noopt" not in default.backends
     listed = load_case(write_case(case_dir, "l", SMALL_CASE.replace("backends: [cpu]", "backends: [cpu, ref, cpu-noopt]")))
     assert listed.backends == ["cpu", "ref", "cpu-noopt"]
+
+
+def test_other_routes_to_a_format_are_opt_in(case_dir):
+    """onnx_legacy (the TorchScript-based ONNX exporter) is another route to ONNX: a case lists it to
+    run it, next to onnx, with its own test ids and goldens."""
+    default = load_case(write_case(case_dir, "d", SMALL_CASE.replace("formats: [torchscript, onnx]\n", "")))
+    assert "onnx" in default.formats and "onnx_legacy" not in default.formats
+    listed = load_case(write_case(case_dir, "l", SMALL_CASE.replace("[torchscript, onnx]", "[onnx, onnx_legacy]")))
+    assert listed.formats == ["onnx", "onnx_legacy"]

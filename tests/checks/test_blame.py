@@ -103,3 +103,18 @@ def test_the_verdict_follows_the_reference_backends(ref, noopt, verdict):
 
 def test_a_format_without_other_reference_backends_has_no_blame():
     assert blame(_Run({"mil-ref": 2.0}), "coreml", "mil-ref", [1]) is None
+
+
+def test_the_torchscript_based_onnx_route_runs_beside_the_dynamo_one(case_dir, tmp_path):
+    body = SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx, onnx_legacy]") + "checks: [parity]\n"
+    case = load_case(write_case(case_dir, "routes", body))
+    session = Session(tmp_path / "build", tmp_path / "golden")
+    try:
+        dynamo = session.run_check(case, "onnx", "cpu", "parity")
+        legacy = session.run_check(case, "onnx_legacy", "cpu", "parity")
+    finally:
+        session.close()
+    assert dynamo.status == legacy.status == "passed", legacy.message
+    assert dynamo.metrics["artefact"]["exporter"] == "dynamo"
+    assert legacy.metrics["artefact"]["exporter"] == "torchscript-based (legacy)"
+    assert legacy.metrics["artefact"]["opset_written"] == 17

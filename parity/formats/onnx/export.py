@@ -42,3 +42,14 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
     return {**({"dynamic_axes": named} if named else {}),
             "exporter": "dynamo" if dynamo else "torchscript-based (legacy)", "opset_requested": opset,
             "opset_written": written, "torch": str(torch.__version__), "onnx": onnx.__version__, "warnings": messages}
+
+
+def export_legacy(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_names: list[str],
+                  output_names: list[str], opset: int = 17,
+                  dynamic_axes: Optional[list[dict[int, str]]] = None) -> dict:
+    """The ``onnx_legacy`` route: torch.onnx's TorchScript-based exporter (``dynamo=False``), which
+    still ships and which many pipelines still use. It traces with ``torch.jit.trace`` and exports the
+    model in eval mode (``training=TrainingMode.EVAL``) whatever its flags say, so a BatchNorm left
+    in training mode becomes running statistics and a Dropout an identity."""
+    return export(model, example_inputs, path, input_names=input_names, output_names=output_names, opset=opset,
+                  dynamo=False, dynamic_axes=dynamic_axes)
