@@ -6,10 +6,13 @@ Layout, one directory per case (named by case, not by test, so renaming a test o
     golden/<case>/inputs.npz            one array per input: the largest batch; batch b = first b samples
     golden/<case>/reference.npz         eager outputs, keys "<output>@b<batch>"
     golden/<case>/<format>-<backend>.npz   that target's outputs, same keys
-    golden/<case>/<format>-<backend>.json  versions, tolerance and error vs the reference when recorded
+    golden/<case>/<format>-<backend>.json  versions, tolerance and error vs the reference when recorded,
+                                           and the SHA-256 of the npz beside it (npz_sha256)
 
 Every file is written to a temporary file in the same directory and renamed over the old one,
-so an interrupted update never leaves a half-written golden. Arrays are read with
+so an interrupted update never leaves a half-written file. A target's npz is written before its
+JSON, which records the npz's digest: an update interrupted between the two, or a JSON and an npz
+from different recordings, is found by the golden check instead of passing with the wrong metadata. Arrays are read with
 ``allow_pickle=False``.
 """
 
@@ -80,6 +83,19 @@ class GoldenStore:
             raise GoldenError(f"{p}: golden arrays must be numbers or booleans, {', '.join(odd[:3])} is not; "
                               "re-record it with --update-golden")
         return arrays
+
+    def sha256(self, case: str, name: str) -> Optional[str]:
+        """SHA-256 of the file's bytes (a target's JSON records its npz's, binding the two), or None if absent."""
+        p = self.path(case, name)
+        if not p.is_file():
+            return None
+        import hashlib
+
+        digest = hashlib.sha256()
+        with p.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
 
     # ---- one writer at a time
     def lock_for_update(self) -> None:

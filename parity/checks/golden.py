@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Optional
 
 import numpy as np
 
@@ -10,6 +11,7 @@ from parity.checks.base import Check, CheckResult, Context
 from parity.pipeline.run import CaseRun
 from parity.checks.base import golden_versions, precision, update_command, verdict
 from parity.compare import FP16_TINY, OutputComparison, compare_outputs
+from parity.errors import GoldenError
 from parity.golden import key
 from parity.pipeline.cache import model_identity
 
@@ -158,6 +160,25 @@ def _learned_drift(run: CaseRun, fmt: str, backend: str, recorded: dict, changed
     return table, problems
 
 
+def _check_pair(store, case: str, target: str, meta: Optional[dict], has_npz: bool, command: str) -> None:
+    """GoldenError when a target's JSON and npz are not one recording: one without the other (an update
+    interrupted between the two), or an npz whose SHA-256 is not the one its JSON records (files from
+    different recordings). A JSON recorded before digests (no npz_sha256) is taken as it is."""
+    npz, js = store.path(case, f"{target}.npz"), store.path(case, f"{target}.json")
+    if meta is None and has_npz:
+        raise GoldenError(f"half-written golden: {npz} has no {js.name} beside it (an interrupted --update-golden?); "
+                          f"re-record it with: {command}")
+    if meta is not None and not has_npz:
+        raise GoldenError(f"half-written golden: {js} has no {npz.name} beside it; re-record it with: {command}")
+    if meta is None or "npz_sha256" not in meta:
+        return
+    actual = store.sha256(case, f"{target}.npz")
+    if meta["npz_sha256"] != actual:
+        raise GoldenError(f"{npz} is not the file {js.name} was recorded with (SHA-256 {str(actual)[:12]}..., the JSON "
+                          f"records {str(meta['npz_sha256'])[:12]}...): the two come from different recordings; "
+                          f"re-record it with: {command}")
+
+
 def check_golden(run: CaseRun, fmt: str, backend: str, session: "Context") -> CheckResult:
     """Today's outputs of the target on the golden inputs against the outputs recorded for it.
 
@@ -178,8 +199,9 @@ def check_golden(run: CaseRun, fmt: str, backend: str, session: "Context") -> Ch
         _write_case_golden(run, session)
         arrays = {key(name, b): arr for b in sizes for name, arr in run.outputs(fmt, backend, b).items()}
         errors = _errors_vs_reference(run, fmt, backend)
-        store.write_arrays(case.name, f"{target}.npz", arrays)
+        store.write_arrays(case.name, f"{target}.npz", arrays)  # the npz first, the JSON that vouches for it last
         store.write_json(case.name, f"{target}.json", {
+            "npz_sha256": store.sha256(case.name, f"{target}.npz"),
             "case": case.name, "format": fmt, "backend": backend,
             "input_fingerprint": fingerprint,
             "runner": run.runner(fmt, backend).name,
@@ -204,6 +226,8 @@ def check_golden(run: CaseRun, fmt: str, backend: str, session: "Context") -> Ch
                           f"or seed changed since. Re-record it with: {update_command(session, case.name)}")
     target_meta = store.read_json(case.name, f"{target}.json")
     recorded = store.read_arrays(case.name, f"{target}.npz")
+    _check_pair(store, case.name, target, target_meta, recorded is not None,
+                update_command(session, case.name, fmt, backend))
     if recorded is None or target_meta is None:
         return _no_golden(f"no golden for {case.name} {fmt}/{backend} "
                           f"({store.path(case.name, target + '.npz')}); create it with: "

@@ -118,6 +118,11 @@ def _edit_json(path, change):
     (lambda g: _resave(g / "reference.npz", lambda a: a.update({"logits@b3": a["logits@b3"][:, :2]})),
      "with shape [3, 2]"),
     (lambda g: _edit_json(g / "onnx-cpu.json", lambda d: d.pop("error_vs_reference")), "records no error vs"),
+    # a target's two files are one recording: an update killed between them, or files of two recordings
+    (lambda g: (g / "onnx-cpu.json").unlink(), "half-written golden: "),
+    (lambda g: (g / "onnx-cpu.npz").unlink(), "half-written golden: "),
+    (lambda g: _resave(g / "onnx-cpu.npz", lambda a: a.update({k: v * 1.001 for k, v in a.items()})),
+     "onnx-cpu.npz is not the file onnx-cpu.json was recorded with"),
 ])
 def test_a_malformed_golden_is_named_never_a_traceback_or_a_silent_pass(case_dir, tmp_path, damage, says):
     assert _record(case_dir, tmp_path).status == "passed"
@@ -129,6 +134,19 @@ def test_a_malformed_golden_is_named_never_a_traceback_or_a_silent_pass(case_dir
     assert "--update-golden" in result.message and "Traceback" not in result.message
     assert _check(case_dir, tmp_path, update=True).status == "passed"  # --update-golden repairs it
     assert _check(case_dir, tmp_path).status == "passed"
+
+
+def test_a_target_json_records_its_npz_digest_and_one_recorded_before_digests_still_holds(case_dir, tmp_path):
+    import hashlib
+    import json
+
+    assert _record(case_dir, tmp_path).status == "passed"
+    g = tmp_path / "g" / "clean"
+    recorded = json.loads((g / "onnx-cpu.json").read_text())
+    assert recorded["npz_sha256"] == hashlib.sha256((g / "onnx-cpu.npz").read_bytes()).hexdigest()
+    _edit_json(g / "onnx-cpu.json", lambda d: d.pop("npz_sha256"))  # as goldens recorded before digests
+    result = _check(case_dir, tmp_path)
+    assert result.status == "passed", result.message
 
 
 def test_the_cpu_features_a_golden_was_recorded_on_are_named_when_they_change(case_dir, tmp_path):
