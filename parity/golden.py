@@ -175,24 +175,42 @@ class GoldenStore:
         return self._atomic(self.path(case, name), lambda f: np.savez_compressed(f, **arrays))
 
     def _atomic(self, target: Path, write) -> Path:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        """Write `target` through a temporary file renamed over it; an OSError (a full disk, a read-only
+        directory) is a GoldenError naming the file, with the old file (if any) left as it was."""
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        except OSError as e:
+            raise _write_error(target, e) from None
         umask = os.umask(0)
         os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; goldens are ordinary committed files
         try:
             with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o666 & ~umask)  # mkstemp makes 0600; goldens are ordinary committed files
                 write(f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)
-        except BaseException:
+        except BaseException as e:
             try:
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
+            if isinstance(e, OSError):
+                raise _write_error(target, e) from None
             raise
         return target
+
+
+def _write_error(target: Path, e: OSError) -> GoldenError:
+    import errno
+
+    hint = {errno.ENOSPC: "free space on its device, then ", errno.EDQUOT: "free space on its device, then ",
+            errno.EACCES: "make its directory writable, then ", errno.EPERM: "make its directory writable, then ",
+            errno.EROFS: "record on a writable file system, then "}.get(e.errno, "")
+    kept = "the previous file is unchanged" if target.exists() else "nothing was written there"
+    return GoldenError(f"{target}: cannot write this golden file ({type(e).__name__}: {e.strerror or e}); {kept}; "
+                       f"{hint}run --update-golden again")
 
 
 #: Files of a case's golden directory that belong to the case, not to one target.

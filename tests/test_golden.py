@@ -113,3 +113,29 @@ def test_taking_the_lock_removes_what_a_killed_write_left(tmp_path):
     store.lock_for_update()
     store.unlock()
     assert sorted(p.name for p in (tmp_path / "golden" / "net").iterdir()) == ["meta.json"]
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_failed_write_names_the_file_and_leaves_no_temp(tmp_path, monkeypatch, existing):
+    """A full disk is a GoldenError naming the golden file, not a bare OSError (a 'harness error')."""
+    import errno
+
+    store = GoldenStore(tmp_path)
+    if existing:
+        store.write_json("case", "meta.json", {"a": 1})
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(GoldenError) as raised:
+        store.write_json("case", "meta.json", {"a": 2})
+    monkeypatch.undo()
+    message = str(raised.value)
+    assert message.startswith(f"{store.path('case', 'meta.json')}: cannot write this golden file "), message
+    assert "No space left on device" in message and "free space on its device" in message, message
+    assert ("the previous file is unchanged" if existing else "nothing was written there") in message
+    assert len(message.splitlines()) == 1
+    assert sorted(p.name for p in (tmp_path / "case").iterdir()) == (["meta.json"] if existing else [])
+    if existing:
+        assert store.read_json("case", "meta.json") == {"a": 1}

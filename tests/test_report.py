@@ -252,6 +252,16 @@ def test_the_report_is_written_as_strict_json(tmp_path):
     assert load(report).records[0]["metrics"]["scaled_error"] == "inf"
 
 
+def test_a_report_that_cannot_be_written_leaves_no_temporary_file(tmp_path):
+    """A failed write (here the target is a directory; a full disk alike) removes its temporary file."""
+    from parity.report.run import write_text
+
+    (tmp_path / "r.json").mkdir()
+    with pytest.raises(OSError):
+        write_text(tmp_path / "r.json", "[]")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
 def test_html_renders_a_failing_lint_record():
     """Lint records carry lists of findings under metrics.model / metrics.artefact, not dicts."""
     finding = {"where": "features.1", "op": "BatchNorm2d", "detail": "batch statistics at inference"}

@@ -271,8 +271,15 @@ def write_text(path: str | Path, text: str) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, target)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+    except BaseException:  # a full disk, say: no temporary file left beside the report
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
     return target
 
 
