@@ -447,11 +447,20 @@ class _Reporter:
         except GoldenError as e:
             self.problems.append(f"--parity-prune-golden: {e}")
             return
+        inside = Path(root).resolve()
         try:
+            kept = []
             for path, _ in self.orphans:
                 p = Path(path)
-                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-            self.pruned = True
+                if not p.parent.resolve().is_relative_to(inside):  # in a case directory linked from elsewhere
+                    kept.append(f"{p}: outside the golden root {root} (through a symbolic link); not deleted")
+                    continue
+                try:  # a link is removed as a link, never what it points to
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+                except OSError as e:
+                    kept.append(f"{p}: {e.strerror or e}; not deleted")
+            self.problems += [f"--parity-prune-golden {why}" for why in kept]
+            self.pruned = not kept
         finally:
             if own:
                 store.unlock()

@@ -331,6 +331,35 @@ def test_orphan_goldens_are_listed_and_pruned_only_on_request(suite, case_dir, p
     assert (golden / "small" / "onnx-cpu.npz").is_file() and (golden / "small" / "meta.json").is_file()
 
 
+def test_pruning_removes_a_symlinked_orphan_but_never_what_lies_outside_the_golden_root(suite, case_dir, pytester):
+    """A link is deleted as a link (never its target), a file reached through a linked case directory is
+    left alone and named, and the session ends with its reports written."""
+    import json
+
+    write_case(case_dir, "small", SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]")
+               + "checks: [golden]\n")
+    write_case(case_dir, "other", SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]")
+               + "checks: [parity]\n")
+    result, _ = suite("--update-golden", "-k", "small")
+    result.assert_outcomes(passed=1)
+    golden, outside = pytester.path / "golden", pytester.path / "outside"
+    for d in ("linked", "other"):
+        (outside / d).mkdir(parents=True)
+        (outside / d / "precious.txt").write_text("keep")
+    (outside / "other" / "tflite-cpu.npz").write_text("keep")
+    (golden / "linked").symlink_to(outside / "linked", target_is_directory=True)  # an orphan directory
+    (golden / "other").symlink_to(outside / "other", target_is_directory=True)  # a case's, holding an orphan
+    result, _ = suite("--parity-prune-golden", "-k", "small")
+    said = result.stdout.str() + result.stderr.str()
+    assert "INTERNALERROR" not in said and "Traceback" not in said, said[-3000:]
+    assert not (golden / "linked").exists() and not (golden / "linked").is_symlink()
+    assert (outside / "linked" / "precious.txt").read_text() == "keep"
+    assert (outside / "other" / "tflite-cpu.npz").read_text() == "keep"  # outside the root: never deleted
+    result.stdout.fnmatch_lines(["*other/tflite-cpu.npz*outside the golden root*"])
+    assert json.loads((pytester.path / "report.run.json").read_text())["complete"] is True
+    assert (golden / "small" / "onnx-cpu.npz").is_file()
+
+
 def test_a_session_killed_midway_leaves_the_report_of_what_ran(suite, case_dir, pytester):
     """An in-process export (isolate: false) that segfaults ends pytest; the JSON report written while
     the run went on still holds the records before it, marked incomplete."""
