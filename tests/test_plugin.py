@@ -180,6 +180,33 @@ def test_golden_drift_fails_even_when_parity_passes(suite, case_dir, pytester):
     result.stdout.fnmatch_lines(["*golden drift of onnx/cpu*"])
 
 
+def test_a_warm_update_golden_rewrites_nothing(suite, case_dir, pytester):
+    """Goldens hold what the targets compute, not the cache's state: a re-run of --update-golden, warm
+    or with --parity-no-cache, leaves every file byte for byte (and untouched), so `git diff` is empty."""
+    import json
+
+    write_case(case_dir, "small", SMALL_CASE + "checks: [golden]\n")
+    golden = pytester.path / "golden"
+
+    def state() -> dict:
+        return {str(p.relative_to(golden)): (p.read_bytes(), p.stat().st_mtime_ns)
+                for p in sorted(golden.rglob("*")) if p.is_file()}
+
+    result, _ = suite("--update-golden")
+    result.assert_outcomes(passed=2)
+    cold = state()
+    assert sorted(cold) == ["small/inputs.npz", "small/meta.json", "small/onnx-cpu.json", "small/onnx-cpu.npz",
+                            "small/reference.npz", "small/torchscript-cpu.json", "small/torchscript-cpu.npz"]
+    for name in ("small/onnx-cpu.json", "small/torchscript-cpu.json"):
+        artefact = json.loads(cold[name][0])["artefact"]
+        assert not {"cached", "cache_key", "isolated", "path", "export_s", "size_bytes"} & set(artefact), artefact
+    for args in (("--update-golden",), ("--update-golden", "--parity-no-cache")):
+        result, records = suite(*args)
+        result.assert_outcomes(passed=2)
+        assert state() == cold, args  # same bytes, same modification times
+    assert all(r["metrics"]["golden_written"] for r in records)
+
+
 def test_golden_for_other_input_spec_says_so(suite, case_dir):
     write_case(case_dir, "small", SMALL_CASE + "checks: [golden]\n")
     suite("--update-golden")
