@@ -150,6 +150,27 @@ def test_load_cases_keeps_good_ones_and_reports_bad(case_dir):
     assert [e.path.split("/")[-1] for e in errors] == ["broken.yaml"]
 
 
+@pytest.mark.parametrize("stem, body", [
+    ("..", ""),  # the file ...yaml: its default name '..' is the golden root's parent
+    ("...", ""),
+    ("dot", "name: '.'\n"),
+    ("dotdot", "name: '..'\n"),
+    ("dash", "name: '-x'\n"),
+    ("hidden", "name: .hidden\n"),
+    ("space", "name: 'a b'\n"),
+])
+def test_a_case_name_that_is_not_an_identifier_is_refused(case_dir, stem, body):
+    """A case's name is the directory its goldens go to: '.', '..' would write beside or above the root."""
+    e = _error(case_dir, body + SMALL_CASE, name=stem)
+    assert e.field == "name", e
+    cases, errors = load_cases(case_dir)  # the directory's loader too: one error for the file, no case
+    assert cases == [] and [err.path.split("/")[-1] for err in errors] == [f"{stem}.yaml"]
+
+
+def test_a_case_name_with_dots_and_dashes_inside_loads(case_dir):
+    assert load_case(write_case(case_dir, "ok", "name: ok.v-2\n" + SMALL_CASE)).name == "ok.v-2"
+
+
 def test_duplicate_case_names_name_both_files(case_dir):
     write_case(case_dir, "good", SMALL_CASE)
     write_case(case_dir, "zdupe", "name: good\n" + SMALL_CASE)
