@@ -710,13 +710,18 @@ class CaseRun:
         return self._findings[fmt]
 
     def _lint_artefact(self, fmt: str, linter: str) -> list:
-        """Lint findings of a cached artefact are cached beside it (loading a program can take seconds)."""
+        """Lint findings of a cached artefact are cached too, in an entry of their own under the artefact's
+        key (loading a program can take seconds). Never inside the artefact's entry: its manifest lists
+        the files the export wrote, and a file added later would make every warm run re-export."""
         from parity.findings import Finding
 
         artefact = self.artefact(fmt)
-        stored = artefact.path.parent / "findings.json" if artefact.metadata.get("cache_key") else None
-        if stored is not None and stored.is_file():
-            return [Finding(**f) for f in json.loads(stored.read_text())]
+        key = artefact.metadata.get("cache_key")
+        entry = self.cache.entry("lint", key) if key else None
+        if entry is not None and self.cache.complete(entry):
+            stored = self.cache.read_json(entry, "findings.json")
+            if isinstance(stored, dict):
+                return [Finding(**f) for f in stored.get("findings", [])]
         start = time.perf_counter()
         function = load_object(linter)
         # the batch each file was traced at tells the batch axis apart (one resized artefact: the largest)
@@ -727,10 +732,9 @@ class CaseRun:
         else:
             findings = function(artefact.path)
         self._time(f"lint_{fmt}_s", start)
-        if stored is not None:
-            tmp = stored.with_name(f".findings.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps([f.as_dict() for f in findings]))
-            os.replace(tmp, stored)
+        if entry is not None and self.cache.enabled:
+            with self.cache.lock(entry), self.cache.writing(entry) as tmp:
+                (tmp / "findings.json").write_text(json.dumps({"findings": [f.as_dict() for f in findings]}))
         return findings
 
     def artefact_info(self, fmt: str) -> dict:

@@ -195,3 +195,21 @@ def test_a_failure_of_the_machine_is_never_cached_as_a_known_failure(case_dir, t
     again = parity_run(tmp_path, path)
     assert again.status == "passed", again.message
     assert (case_dir / "calls.txt").read_text() == "xx"  # tried again
+
+
+def test_a_linted_artefact_is_still_reused_by_the_next_run(case_dir, tmp_path):
+    """The lint's cached findings live in an entry of their own: written into the artefact's entry
+    after its manifest, they made every warm run see a changed entry and export everything again."""
+    path = write_case(case_dir, "l", BODY.replace("checks: [parity]", "checks: [parity, lint]"))
+
+    def run(check, backend="cpu"):
+        session = Session(tmp_path / "build", tmp_path / "golden")
+        try:
+            return session.run_check(load_case(path), "onnx", backend, check)
+        finally:
+            session.close()
+
+    assert run("lint", "").status == "passed"
+    assert run("parity").metrics["artefact"]["cached"] is True
+    assert (tmp_path / "build" / "cache" / "lint").is_dir()
+    assert run("lint", "").status == "passed"  # from its own cache entry
