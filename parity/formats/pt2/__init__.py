@@ -15,6 +15,7 @@ PT2 = FormatInfo(
     install="pip install 'parity[torch]'",
     exporter_options=("strict",),
     linter=f"{_P}.lint:lint",
+    intermediates=f"{_P}.intermediates:intermediates",
     distributions=("torch",),
     order=30,
 )

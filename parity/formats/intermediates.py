@@ -1,0 +1,96 @@
+"""What a format's intermediate-tensor reader returns, and the mapping from graph nodes to the source
+modules that produced them, shared by every format that exposes its tensors (triage's first path).
+
+A reader runs the artefact once and returns :class:`Intermediates`: for each module of the source
+model whose output is one tensor of the graph, that tensor's value, in execution order. The mapping
+(:func:`module_tensors`) needs, per node in execution order, the module scopes the exporter recorded
+on it; a module's output is the output of the last node inside its scope that is read outside it
+(or is a graph output). Pure Python and NumPy: the readers import their runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+@dataclass
+class Intermediate:
+    module: str  # the module path whose output this tensor is
+    tensor: str  # the tensor's name in the artefact
+    op: str  # the op that produced it
+    value: np.ndarray
+    position: int  # the producing node's index (execution order)
+
+
+@dataclass
+class Intermediates:
+    """What one run of the artefact gave: the module outputs in execution order, the first node whose
+    output turned non-finite, and what could not be mapped."""
+
+    mapped: list[Intermediate] = field(default_factory=list)
+    unmapped: list[str] = field(default_factory=list)
+    first_nonfinite: Optional[str] = None  # "node <name> (<op>) in <module>"
+    tensors: int = 0
+    note: str = ""
+
+
+@dataclass
+class Node:
+    """One node of the artefact's graph, as the mapping sees it."""
+
+    name: str
+    op: str
+    scopes: list[str]  # the module paths it belongs to, outermost first
+    inputs: list[str]
+    outputs: list[str]
+
+
+def strip(path: str, known: set[str]) -> str:
+    """A wrapper adds a prefix (``model.features`` for parity's output-flattening wrapper's ``model``)."""
+    while path not in known and "." in path:
+        path = path.split(".", 1)[1]
+    return path
+
+
+def module_tensors(nodes: Sequence[Node], graph_outputs: set[str],
+                   known_modules: set[str]) -> tuple[dict[str, tuple[str, str, int]], list[str]]:
+    """{module path: (tensor name, op, node index)} of the modules whose output is one tensor of the
+    graph, and the modules seen in the nodes' scopes that have none."""
+    scopes = [[strip(s, known_modules) for s in n.scopes] for n in nodes]
+    consumers: dict[str, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for name in node.inputs:
+            consumers.setdefault(name, []).append(i)
+    found: dict[str, tuple[str, str, int]] = {}
+    seen: set[str] = set()
+    for i, node in enumerate(nodes):
+        for module in scopes[i]:
+            seen.add(module)
+            for name in node.outputs:
+                leaves = name in graph_outputs or any(module not in scopes[j] for j in consumers.get(name, []))
+                if name and leaves:
+                    found[module] = (name, node.op, i)  # the last such node wins
+    return found, sorted(m for m in seen if m not in found)
+
+
+def collect(nodes: Sequence[Node], values: dict[str, np.ndarray], found: dict[str, tuple[str, str, int]],
+            result: Intermediates) -> Intermediates:
+    """Fill `result` with the mapped module outputs in execution order and the first node whose output
+    turned non-finite while its inputs were finite."""
+    def floating(name: str) -> bool:
+        return name in values and np.issubdtype(np.asarray(values[name]).dtype, np.floating)
+
+    by_tensor = {name: module for module, (name, _, _) in found.items()}
+    for node in nodes:
+        bad = [n for n in node.outputs if floating(n) and not np.all(np.isfinite(values[n]))]
+        if bad and all(np.all(np.isfinite(values[n])) for n in node.inputs if floating(n)):
+            where = (node.scopes[-1] if node.scopes else "") or by_tensor.get(bad[0], "")
+            result.first_nonfinite = f"node {node.name or bad[0]} ({node.op})" + (f" in {where}" if where else "")
+            break
+    for module, (name, op, position) in sorted(found.items(), key=lambda kv: (kv[1][2], -kv[0].count("."))):
+        if name in values:
+            result.mapped.append(Intermediate(module, name, op, np.asarray(values[name]), position))
+    return result
