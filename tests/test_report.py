@@ -277,7 +277,10 @@ def test_svg_charts_are_well_formed_in_corner_cases():
     charts = [svg.histogram([], [], "empty", "x"), svg.histogram([1e-7, 1e-6], [3], "one bin", "x", note="2 zero"),
               svg.scatter([1.0], [1.0], "one point", "e", "o"), svg.scatter([], [], "none", "e", "o"),
               svg.bars(["a", "b"], [0.0, float("inf")], "inf", "y"), svg.bars(["a"], [None], "missing", "y"),
-              svg.bars(["a", "b", "c"], [1e-9, 1e-3, 1.0], "log", "y", limit=1e-4)]
+              svg.bars(["a", "b", "c"], [1e-9, 1e-3, 1.0], "log", "y", limit=1e-4),
+              svg.curve(["a"], [0.0], "zero", "y"), svg.curve(["a", "b"], [1e-7, float("inf")], "inf", "y", mark=1),
+              svg.curve([f"m{i}" for i in range(40)], [10.0 ** -(i % 7) for i in range(40)], "many", "y", limit=1e-4,
+                        mark=3)]
     for chart in charts:
         ET.fromstring(chart)
 
@@ -373,3 +376,16 @@ def test_every_record_the_json_can_hold_renders():
             assert target_id(r) in page and target_id(r) in text
     assert page.index("<h2>Findings") < page.index("<h2>Matrix</h2>")
     assert "case-error" in page and "typo" in page
+
+
+def test_a_triaged_failure_shows_its_error_by_module_curve():
+    rows = [{"path": "conv", "status": "pass", "rel_error": 1.3e-7}, {"path": "fc", "status": "fail", "rel_error": 9e-3},
+            {"path": "head", "status": "error", "rel_error": 0.0}]
+    record = {**_rec("small", "onnx", "parity", status="failed", scaled_error=9e-3,
+                     triage={"rows": rows, "first_divergence": "fc", "tolerance_scale": 1e-4})}
+    page = html.render(Run([record]))
+    assert "triage: error by module (onnx/cpu)" in page and "first divergence: fc" in page
+    curve = page[page.index("triage: error by module"):]
+    curve = curve[:curve.index("</svg>")]
+    assert "<title>fc: 0.009</title>" in curve and "head" not in curve  # the errored row is no point
+    assert "tolerance 1e-4" in curve

@@ -157,14 +157,18 @@ def bars(labels: Sequence[str], values: Sequence[float], title: str, ylabel: str
         body.append(f'<text x="{cx:.1f}" y="{min(top_px, base) - 3:.1f}" text-anchor="middle" fill="#333">'
                     f'{_num(v)}</text>')
     if limit is not None and math.isfinite(limit) and (not log or limit > 0):
-        py = y(limit)
-        body.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{py:.1f}" y2="{py:.1f}" stroke="{RED}" '
-                    f'stroke-dasharray="5 3"/>')
-        body.append(f'<text x="{LEFT + 4}" y="{py - 4:.1f}" fill="{RED}" stroke="#fff" stroke-width="3" '
-                    f'paint-order="stroke">{escape(limit_label)} {_num(limit)}</text>')
+        body += _limit_line(y, limit, limit_label)
     if note:
         body.append(f'<text x="{LEFT + 6}" y="{TOP + 10}" fill="#555">{escape(note)}</text>')
     return _frame(title, "", ylabel, None, y, body, xticks=ticks)
+
+
+def _limit_line(y: Scale, limit: float, label: str) -> list[str]:
+    """A dashed red horizontal line at `limit`, labelled."""
+    py = y(limit)
+    return [f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{py:.1f}" y2="{py:.1f}" stroke="{RED}" stroke-dasharray="5 3"/>',
+            f'<text x="{LEFT + 4}" y="{py - 4:.1f}" fill="{RED}" stroke="#fff" stroke-width="3" '
+            f'paint-order="stroke">{escape(label)} {_num(limit)}</text>']
 
 
 def curve(labels: Sequence[str], values: Sequence[float], title: str, ylabel: str, limit: Optional[float] = None,
@@ -199,11 +203,7 @@ def curve(labels: Sequence[str], values: Sequence[float], title: str, ylabel: st
         body.append(f'<circle cx="{x_at(i):.1f}" cy="{y(max(v, floor)):.1f}" r="{radius}" fill="{colour}">'
                     f'<title>{escape(label)}: {_num(v)}</title></circle>')
     if limit is not None and math.isfinite(limit) and limit > 0:
-        py = y(limit)
-        body.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{py:.1f}" y2="{py:.1f}" stroke="{RED}" '
-                    f'stroke-dasharray="5 3"/>')
-        body.append(f'<text x="{LEFT + 4}" y="{py - 4:.1f}" fill="{RED}" stroke="#fff" stroke-width="3" '
-                    f'paint-order="stroke">{escape(limit_label)} {_num(limit)}</text>')
+        body += _limit_line(y, limit, limit_label)
     if note:
         body.append(f'<text x="{LEFT + 6}" y="{TOP + 10}" fill="#555">{escape(note)}</text>')
     every = max(1, math.ceil(n / 6))

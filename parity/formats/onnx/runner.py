@@ -13,6 +13,14 @@ from parity.formats.base import Runner, output_order
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu-noopt": "CPUExecutionProvider"}
 
 
+def _feeds(input_names: list[str], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The case's inputs, in order, under the model's own input names."""
+    if len(inputs) != len(input_names):
+        raise ValueError(f"the ONNX model takes {len(input_names)} inputs {input_names}, "
+                         f"the case gives {len(inputs)}: {list(inputs)}")
+    return dict(zip(input_names, inputs.values()))
+
+
 class OnnxRuntimeRunner(Runner):
     """An onnxruntime session; on ``cpu-noopt`` with ``ORT_DISABLE_ALL``, so that a wrong result that
     only the optimised session gives points at a graph optimisation (fusion, constant folding)."""
@@ -49,11 +57,7 @@ class OnnxRuntimeRunner(Runner):
         self.fetch = [own[i] for i in output_order(own, self.artefact)]
 
     def infer_impl(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        if len(inputs) != len(self.input_names):
-            raise ValueError(f"the ONNX model takes {len(self.input_names)} inputs {self.input_names}, "
-                             f"the case gives {len(inputs)}: {list(inputs)}")
-        feeds = dict(zip(self.input_names, inputs.values()))
-        return [np.asarray(o) for o in self.session.run(self.fetch, feeds)]
+        return [np.asarray(o) for o in self.session.run(self.fetch, _feeds(self.input_names, inputs))]
 
     def deactivate_impl(self) -> None:
         del self.session
@@ -89,11 +93,7 @@ class OnnxReferenceRunner(Runner):
         self.fetch = [own[i] for i in output_order(own, self.artefact)]
 
     def infer_impl(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        if len(inputs) != len(self.input_names):
-            raise ValueError(f"the ONNX model takes {len(self.input_names)} inputs {self.input_names}, "
-                             f"the case gives {len(inputs)}: {list(inputs)}")
-        feeds = dict(zip(self.input_names, inputs.values()))
-        return [np.asarray(o) for o in self.evaluator.run(self.fetch, feeds)]
+        return [np.asarray(o) for o in self.evaluator.run(self.fetch, _feeds(self.input_names, inputs))]
 
     def deactivate_impl(self) -> None:
         del self.evaluator
