@@ -91,6 +91,11 @@ _DATA_DEPENDENT = re.compile(r"GuardOnDataDependentSymNode|data-dependent|data d
                              r"Could not extract specialized integer|nonzero|unbacked", re.IGNORECASE)
 
 
+#: A converter saying it has no conversion for an op (coremltools: "Unsupported fx node
+#: _native_batch_norm_legit_functional"; "PyTorch convert function for op 'x' not implemented").
+_NO_CONVERSION = re.compile(r"Unsupported fx node (\w+)|convert function for op '([\w.]+)' not implemented")
+
+
 def export_hint(text: str) -> Optional[str]:
     """A plain statement of a known export limit recognised in an exporter's error text, or None."""
     if _DATA_DEPENDENT.search(text):
@@ -98,6 +103,12 @@ def export_hint(text: str) -> Optional[str]:
         return (f"data-dependent control flow ({nms}a branch or shape that depends on input values): this route "
                 "traces one static graph; export the part before it (the backbone and heads) or use a route that "
                 "supports it")
+    found = _NO_CONVERSION.search(text)
+    if found:
+        op = found.group(1) or found.group(2)
+        training = " (a training-mode op: is the model in eval mode?)" if "functional" in op or "train" in op else ""
+        return (f"the converter has no conversion for op {op}{training}: change the model there, or use another "
+                "route to the format")
     return None
 
 

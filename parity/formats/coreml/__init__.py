@@ -34,6 +34,8 @@ COREML = FormatInfo(
 
 FORMATS = [
     COREML,
+    # another route to the same format: coremltools' torch.export frontend (opt-in: a case lists it)
+    COREML.variant("coreml_pt2", f"{_P}.export:export_via_torch_export", "fp32", order=55, opt_in=True),
     COREML.variant("coreml_fp16", f"{_P}.export:export_fp16", "fp16", order=70,
                    keras=_keras("coreml_fp16", ("minimum_deployment_target",))),
     COREML.variant("coreml_int8", f"{_P}.quantize:coreml_int8", "int8", order=130, exporter_options=("granularity",),

@@ -30,8 +30,12 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
            output_names: list[str], precision: str = "fp32",
            minimum_deployment_target: Optional[str] = None,
            dynamic_axes: Optional[list[dict[int, str]]] = None,
-           dynamic_sizes: Optional[dict[str, list[int]]] = None) -> dict:
+           dynamic_sizes: Optional[dict[str, list[int]]] = None, route: str = "trace") -> dict:
     """Trace `model` as it is (training flag included), convert it to an mlprogram and save it at `path`.
+
+    `route` is how the model reaches coremltools: ``trace`` (``torch.jit.trace``, coremltools' long-
+    standing frontend) or ``export`` (``torch.export.export(...).run_decompositions({})``, its newer
+    one since coremltools 8), with the batch and the named axes dynamic in the program too.
 
     The batch and the case's named dynamic axes (`dynamic_axes`, per input) are flexible
     (``ct.RangeDim``; one symbol per name, shared by every input that has the axis), from 1 to the
@@ -64,7 +68,16 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
     with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(log), \
             contextlib.redirect_stderr(log), converter_errors() as errors:  # progress bars and version warnings
         warnings.simplefilter("always")
-        traced = torch.jit.trace(model, traced_inputs, check_trace=False)
+        if route == "export":
+            from parity.formats.dims import torch_dynamic_shapes
+
+            traced = torch.export.export(model, traced_inputs,
+                                         dynamic_shapes=torch_dynamic_shapes(traced_inputs, dynamic_axes))
+            traced = traced.run_decompositions({})
+        elif route == "trace":
+            traced = torch.jit.trace(model, traced_inputs, check_trace=False)
+        else:
+            raise ValueError(f"route must be trace or export, got {route!r}")
         try:
             mlmodel = ct.convert(traced, inputs=inputs, outputs=[ct.TensorType(name=n) for n in output_names],
                                  convert_to="mlprogram",
@@ -78,7 +91,8 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
     messages = sorted({str(w.message).splitlines()[0] for w in caught
                        if not issubclass(w.category, (DeprecationWarning, ResourceWarning))
                        and "deprecat" not in str(w.message).lower() and "has not been tested" not in str(w.message)})
-    return {"exporter": "coremltools.convert(torch.jit.trace(model), convert_to='mlprogram')",
+    frontend = "torch.jit.trace(model)" if route == "trace" else "torch.export.export(model).run_decompositions({})"
+    return {"exporter": f"coremltools.convert({frontend}, convert_to='mlprogram')",
             "coremltools": ct.__version__, "torch": torch.__version__,
             "compute_precision": PRECISIONS[precision],
             "minimum_deployment_target": str(minimum_deployment_target) if target is not None else "coremltools default",
@@ -134,3 +148,10 @@ def export_fp16(model, example_inputs, path, *, input_names, output_names, dynam
     """The ``coreml_fp16`` format: compute precision FLOAT16."""
     return export(model, example_inputs, path, input_names=input_names, output_names=output_names,
                   precision="fp16", dynamic_axes=dynamic_axes, dynamic_sizes=dynamic_sizes, **options)
+
+
+def export_via_torch_export(model, example_inputs, path, *, input_names, output_names, dynamic_axes=None,
+                            dynamic_sizes=None, **options) -> dict:
+    """The ``coreml_pt2`` route: FLOAT32, reaching coremltools through ``torch.export`` instead of a trace."""
+    return export(model, example_inputs, path, input_names=input_names, output_names=output_names,
+                  precision="fp32", dynamic_axes=dynamic_axes, dynamic_sizes=dynamic_sizes, route="export", **options)

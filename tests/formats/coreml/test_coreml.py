@@ -206,3 +206,27 @@ def test_an_op_without_a_kernel_is_not_reported_as_an_export_failure(case_dir, t
     assert result.message.startswith("the coreml export succeeded, but MilReferenceRunner on mil-ref could not load")
     assert "the MIL reference evaluator has no kernel for op type(s)" in result.message
     assert "while_loop" in result.message and "export to coreml failed" not in result.message
+
+
+def test_the_torch_export_route_beside_the_trace(case_dir, tmp_path):
+    """coreml_pt2 reaches coremltools through torch.export: the clean model matches as through the
+    trace; a BatchNorm left in training mode is a converter limit of that route, named as such."""
+    from parity.catalog import load_case
+    from parity.session import Session
+
+    body = SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [coreml, coreml_pt2]").replace(
+        "backends: [cpu]", "backends: [mil-ref]") + "checks: [parity]\n"
+    session = Session(tmp_path / "build", tmp_path / "golden")
+    try:
+        clean = load_case(write_case(case_dir, "clean", body))
+        trace, export = (session.run_check(clean, fmt, "mil-ref", "parity") for fmt in ("coreml", "coreml_pt2"))
+        training = load_case(write_case(case_dir, "training", body.replace("models:small", "models:bn_train")))
+        limit = session.run_check(training, "coreml_pt2", "mil-ref", "parity")
+    finally:
+        session.close()
+    assert trace.status == export.status == "passed", export.message
+    assert "torch.export.export(model)" in export.metrics["artefact"]["exporter"]
+    assert "torch.jit.trace(model)" in trace.metrics["artefact"]["exporter"]
+    assert limit.status == "error" and limit.cause == "unsupported", (limit.cause, limit.message)
+    assert "no conversion for op _native_batch_norm_legit_functional" in limit.why
+    assert "is the model in eval mode?" in limit.why
