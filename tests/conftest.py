@@ -243,6 +243,50 @@ def hanging_export(model, example_inputs, path):
 
 def broken_export(model, example_inputs, path):
     raise RuntimeError("converter exploded: unsupported operator aten::frobnicate")
+
+
+def _onnx(model, example_inputs, path, exporter):
+    torch.onnx.export(model.eval(), (example_inputs[0],), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "b"}, "logits": {0: "b"}})
+    return {"exporter": exporter}
+
+
+def plain_export(model, example_inputs, path):
+    return _onnx(model, example_inputs, path, "plain")
+
+
+def zeroing_export(model, example_inputs, path):
+    """An fp32 export whose every output is zero where the eager model's are about 0.5."""
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.zero_()
+    return _onnx(model, example_inputs, path, "zeroing")
+
+
+def nan_export(model, example_inputs, path):
+    """An export whose logits are NaN."""
+    with torch.no_grad():
+        model.fc.bias.fill_(float("nan"))
+    return _onnx(model, example_inputs, path, "nan")
+
+
+class _Half(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x).half().float()  # what an fp16 program returns for outputs of 1e-13
+
+
+def half_export(model, example_inputs, path):
+    """Outputs through fp16 (ONNX): values of 1e-13 come back as zeros (underflow)."""
+    return _onnx(_Half(model.eval()), example_inputs, path, "half")
+
+
+def half_torchscript_export(model, example_inputs, path):
+    """The same underflow, as a TorchScript artefact."""
+    torch.jit.save(torch.jit.trace(_Half(model.eval()), example_inputs, check_trace=False), str(path))
 '''
 
 SMALL_CASE = """

@@ -28,27 +28,6 @@ import torch
 from torch import nn
 
 
-def nan_export(model, example_inputs, path):
-    """An ONNX export whose logits are NaN."""
-    with torch.no_grad():
-        model.fc.bias.fill_(float("nan"))
-    torch.onnx.export(model.eval(), example_inputs, str(path), dynamo=False, opset_version=17,
-                      input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "b"}})
-
-
-class _Half(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(x).half().float()  # what an fp16 program returns for outputs of 1e-13
-
-
-def half_export(model, example_inputs, path):
-    torch.jit.save(torch.jit.trace(_Half(model.eval()), example_inputs, check_trace=False), str(path))
-
-
 def broken_export(model, example_inputs, path):
     raise RuntimeError("converter: unsupported layer 'Frobnicate' at model.head")
 
@@ -64,9 +43,9 @@ CASES = {
     "trained": (SMALL_CASE.replace("models:small", "models:bn_train").replace("[torchscript, onnx]", "[torchscript]")
                 + "checks: [parity, batch_invariance, lint]\n", "batch-dependence"),
     "nan": (SMALL_CASE.replace("[torchscript, onnx]", "[onnx]")
-            + "checks: [parity]\nexport:\n  onnx: {function: 'planted:nan_export'}\n", "nonfinite"),
+            + "checks: [parity]\nexport:\n  onnx: {function: 'models:nan_export'}\n", "nonfinite"),
     "tiny": (SMALL_CASE.replace("models:small", "models:tiny_outputs").replace("[torchscript, onnx]", "[torchscript]")
-             + "checks: [parity, batch_invariance]\nexport:\n  torchscript: {function: 'planted:half_export'}\n",
+             + "checks: [parity, batch_invariance]\nexport:\n  torchscript: {function: 'models:half_torchscript_export'}\n",
              "precision-limit"),
     "kernel": ("model: {factory: 'planted:double_gelu'}\ninputs: {x: {shape: [6], dtype: float64}}\n"
                "formats: [onnx]\nbackends: [cpu]\nchecks: [parity]\n", "unsupported"),

@@ -32,47 +32,14 @@ def fixed_batch_export(model, example_inputs, path):
     torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
                       output_names=["logits"])
     return {"exporter": "fixed-batch"}
-
-
-class _Half(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(x).half().float()  # what an fp16 program returns for outputs of 1e-13
-
-
-def half_export(model, example_inputs, path):
-    """Outputs through fp16: values of 1e-13 come back as zeros (underflow)."""
-    x = example_inputs[0]
-    torch.onnx.export(_Half(model.eval()), (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
-                      output_names=["logits"], dynamic_axes={"x": {0: "b"}})
-    return {"exporter": "half"}
-
-
-def zeroing_export(model, example_inputs, path):
-    """An fp32 export whose every output is zero where the eager model's are about 0.5."""
-    with torch.no_grad():
-        model.fc.weight.zero_()
-        model.fc.bias.zero_()
-    torch.onnx.export(model.eval(), (example_inputs[0],), str(path), dynamo=False, opset_version=17,
-                      input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "b"}})
-    return {"exporter": "zeroing"}
-
-
-def plain_export(model, example_inputs, path):
-    torch.onnx.export(model.eval(), (example_inputs[0],), str(path), dynamo=False, opset_version=17,
-                      input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "b"}})
-    return {"exporter": "plain"}
 '''
 
 
-def _batch_invariance(case_dir, tmp_path, export_function: str, factory: str = "small"):
+def _batch_invariance(case_dir, tmp_path, export_function: str, factory: str = "small", module: str = "broken"):
     (case_dir / "broken.py").write_text(BROKEN, encoding="utf-8")
     body = SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]").replace(
         "models:small", f"models:{factory}") + \
-        f"export:\n  onnx: {{function: 'broken:{export_function}'}}\n"
+        f"export:\n  onnx: {{function: '{module}:{export_function}'}}\n"
     session = Session(tmp_path / "b", tmp_path / "g")
     try:
         return session.run_check(load_case(write_case(case_dir, export_function, body)), "onnx", "cpu",
@@ -140,7 +107,7 @@ def test_outputs_that_cannot_differ_per_batch_are_named_by_what_the_eager_model_
     """An artefact whose outputs are all zeros passes no batch comparison (vacuous): the cause is
     what parity would say of the same outputs, never "small differences per batch size" with a hint to
     raise the tolerance."""
-    result = _batch_invariance(case_dir, tmp_path, export_function, factory=factory)
+    result = _batch_invariance(case_dir, tmp_path, export_function, factory=factory, module="models")
     assert result.status == "failed", result.message
     assert result.cause == cause and why in result.why, (result.cause, result.why)
     assert "kernels chosen per batch size" not in result.message

@@ -8,50 +8,11 @@ from conftest import SMALL_CASE, write_case
 from parity.catalog import load_case
 from parity.session import Session
 
-EXPORTS = '''
-import torch
-
-
-def _export(model, example_inputs, path):
-    torch.onnx.export(model.eval(), example_inputs, str(path), dynamo=False, opset_version=17,
-                      input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "b"}, "logits": {0: "b"}})
-    return {"exporter": "planted"}
-
-
-def zeroing_export(model, example_inputs, path):
-    """Every output exactly zero, as fp16 gives for a model whose outputs are about 1e-13."""
-    with torch.no_grad():
-        model.fc.weight.zero_()
-        model.fc.bias.zero_()
-    return _export(model, example_inputs, path)
-
-
-class _Half(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(x).half().float()  # what an fp16 program returns for outputs of 1e-13
-
-
-def half_export(model, example_inputs, path):
-    return _export(_Half(model), example_inputs, path)
-
-
-def nan_export(model, example_inputs, path):
-    with torch.no_grad():
-        model.fc.bias.fill_(float("nan"))
-    return _export(model, example_inputs, path)
-'''
-
-
 def _record(case_dir, tmp_path, export_function: str = "", factory: str = "small"):
-    (case_dir / "planted.py").write_text(EXPORTS, encoding="utf-8")
     body = SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [onnx]").replace("models:small",
                                                                                          f"models:{factory}")
     if export_function:
-        body += f"export:\n  onnx: {{function: 'planted:{export_function}'}}\n"
+        body += f"export:\n  onnx: {{function: 'models:{export_function}'}}\n"
     session = Session(tmp_path / "b", tmp_path / "g", update_golden=True)
     try:
         return session.run_check(load_case(write_case(case_dir, export_function or "clean", body)), "onnx", "cpu",

@@ -128,39 +128,72 @@ def test_a_worker_whose_parent_is_killed_cleans_up_and_exits(case_dir, tmp_path)
     time.sleep(3)  # the worker is up, reading its input
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
-    for _ in range(100):
-        try:
-            os.kill(child, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    else:
+    if not _gone_within(child, 20):
         os.kill(child, signal.SIGKILL)
         raise AssertionError("the worker outlived its killed parent by 20 s")
     assert not scratch.exists()
 
 
-UNCOPYABLE = '''
+def _gone_within(pid: int, seconds: float) -> bool:
+    """Whether process `pid` exits within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+COPY_FAILS = '''
+import errno
 import sys
+from pathlib import Path
 
 from models import small
 
+CALLS = Path(__file__).with_name("copies.txt")
 
-class Uncopyable(type(small())):
+
+class _FailsInWorker(type(small())):
     """Fails where parity copies the model for an export, inside the export worker only: an error
-    outside the converter call."""
+    outside the converter call. The parent's copy (the eager reference) is an ordinary one."""
+
+    def fail(self):
+        raise NotImplementedError
 
     def __deepcopy__(self, memo):
         if "worker_main" in (getattr(sys.modules["__main__"], "__file__", "") or ""):  # the export worker
-            raise RuntimeError("this model refuses to be copied in the export worker")
-        clone = small()  # the parent's copy (the eager reference): an ordinary one
+            self.fail()
+        clone = small()
         clone.load_state_dict(self.state_dict())
         return clone.train(self.training)
+
+
+class Uncopyable(_FailsInWorker):
+    def fail(self):
+        raise RuntimeError("this model refuses to be copied in the export worker")
+
+
+class FullDisk(_FailsInWorker):
+    """The worker's first copy of the model meets a full disk."""
+
+    def fail(self):
+        if not CALLS.exists():
+            CALLS.write_text("x")
+            raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def uncopyable():
     model = small()
     model.__class__ = Uncopyable
+    return model
+
+
+def full_disk():
+    model = small()
+    model.__class__ = FullDisk
     return model
 '''
 
@@ -168,8 +201,8 @@ def uncopyable():
 def test_an_error_in_the_worker_outside_the_exporter_reads_as_its_own_message(case_dir, tmp_path):
     """Not the child's last stderr lines (a traceback's line of carets): the exception, with where it
     happened."""
-    (case_dir / "uncopyable.py").write_text(UNCOPYABLE, encoding="utf-8")
-    body = SMALL_CASE.replace("models:small", "uncopyable:uncopyable").replace("[torchscript, onnx]", "[onnx]")
+    (case_dir / "copyfails.py").write_text(COPY_FAILS, encoding="utf-8")
+    body = SMALL_CASE.replace("models:small", "copyfails:uncopyable").replace("[torchscript, onnx]", "[onnx]")
     session = Session(tmp_path / "b", tmp_path / "g")
     try:
         result = session.run_check(load_case(write_case(case_dir, "uncopyable", body)), "onnx", "cpu", "parity")
@@ -229,14 +262,7 @@ def test_a_worker_busy_in_a_hung_converter_when_its_parent_is_killed_cleans_up_a
             raise AssertionError("the export never started")
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()
-        for _ in range(75):
-            try:
-                os.kill(child, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError("the busy worker outlived its killed parent by 15 s")
+        assert _gone_within(child, 15), "the busy worker outlived its killed parent by 15 s"
         assert not scratch.exists()
     finally:
         for p in (parent.pid, child):
@@ -247,38 +273,12 @@ def test_a_worker_busy_in_a_hung_converter_when_its_parent_is_killed_cleans_up_a
         parent.wait()
 
 
-FULL_DISK_ON_COPY = '''
-import errno
-import sys
-from pathlib import Path
 
-from models import small
-
-CALLS = Path(__file__).with_name("copies.txt")
-
-
-class FullDisk(type(small())):
-    """The worker's first copy of the model (outside the converter call) meets a full disk."""
-
-    def __deepcopy__(self, memo):
-        if "worker_main" in (getattr(sys.modules["__main__"], "__file__", "") or "") and not CALLS.exists():
-            CALLS.write_text("x")
-            raise OSError(errno.ENOSPC, "No space left on device")
-        clone = small()
-        clone.load_state_dict(self.state_dict())
-        return clone.train(self.training)
-
-
-def full_disk():
-    model = small()
-    model.__class__ = FullDisk
-    return model
-'''
 
 
 def test_a_full_disk_in_the_worker_outside_the_exporter_is_named_and_retried_next_run(case_dir, tmp_path):
-    (case_dir / "fulldisk.py").write_text(FULL_DISK_ON_COPY, encoding="utf-8")
-    body = SMALL_CASE.replace("models:small", "fulldisk:full_disk").replace("[torchscript, onnx]", "[onnx]")
+    (case_dir / "copyfails.py").write_text(COPY_FAILS, encoding="utf-8")
+    body = SMALL_CASE.replace("models:small", "copyfails:full_disk").replace("[torchscript, onnx]", "[onnx]")
     path = write_case(case_dir, "fulldisk", body)
     results = []
     for _ in range(2):
