@@ -138,12 +138,11 @@ def _manifest(entry: Path) -> dict[str, str]:
     for p in sorted(entry.rglob("*")):
         if not p.is_file() or (p.parent == entry and p.name in (MANIFEST, "DONE")):
             continue
-        if True:
-            digest = hashlib.sha256()
-            with p.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            found[str(p.relative_to(entry))] = digest.hexdigest()
+        digest = hashlib.sha256()
+        with p.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        found[str(p.relative_to(entry))] = digest.hexdigest()
     return found
 
 

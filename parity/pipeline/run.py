@@ -25,6 +25,7 @@ from parity import tolerance
 from parity.artefact import Artefact, Expected
 from parity.case import Case, load_object
 from parity.case.schema import DEFAULT_TIMEOUT_S
+from parity.compare import compare_output
 from parity.errors import (BackendUnavailable, CaseError, ExportError, ParityError, ReferenceFailed, RunnerError,
                            exhausted_export, export_hint, missing_kernel, short_error)
 from parity.formats import FORMATS
@@ -491,7 +492,7 @@ class CaseRun:
         info = FORMATS[fmt]
         artefact = Artefact(fmt, path, source, list(self.case.inputs), self.output_names, dict(metadata), {})
         largest = max(batch_sizes)
-        scale = tolerance.INVARIANCE_SCALES[self.precision(fmt)]
+        same_rows = tolerance.ResolvedTolerance(atol=0.0, rtol=0.0, scale=tolerance.INVARIANCE_SCALES[self.precision(fmt)])
         # every backend that can run here: kernels differ (LiteRT's reference TRANSPOSE_CONV checks the
         # batch of its baked output shape, XNNPACK's does not)
         backends = [b for b in info.backends
@@ -507,16 +508,10 @@ class CaseRun:
                     full = runner.infer(self.inputs(largest))
                     for size in batch_sizes[:-1]:
                         for name, got, whole in zip(self.output_names, runner.infer(self.inputs(size)), full):
-                            want = np.asarray(whole)[:size]
-                            got = np.asarray(got)
-                            if got.shape != want.shape:
-                                return (f"resized to batch {size} on {backend}, output {name} has shape {got.shape}, "
-                                        f"not {want.shape}")
-                            err = float(np.max(np.abs(got.astype(np.float64) - want), initial=0.0))
-                            bound = scale * float(np.max(np.abs(want), initial=0.0))
-                            if not np.isfinite(err) or err > bound:
-                                return (f"resized to batch {size} on {backend}, output {name} differs from the first "
-                                        f"rows at batch {largest} by {err:.3g} (more than {scale:g} x max|output|)")
+                            c = compare_output(name, np.asarray(whole)[:size], got, same_rows)
+                            if not c.passed:
+                                return (f"resized to batch {size} on {backend}, output {name} is not the first rows "
+                                        f"of batch {largest}: {c.problem}")
                 finally:
                     runner.deactivate()
         except Exception as e:  # the runtime refused the resize, or the artefact cannot run: per batch size
