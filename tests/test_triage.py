@@ -9,11 +9,13 @@ import pytest
 from conftest import write_case
 from parity.session import Session
 from parity.catalog import load_case
+from parity.formats import FORMATS as REGISTRY
 from parity.triage import main, triage
 
 FORMATS = ("torchscript", "onnx", "pt2")
-#: formats whose triage reads the artefact's own intermediate tensors (the others export module by module)
-IN_ARTEFACT = ("onnx", "pt2")
+#: formats whose triage reads the artefact's own intermediate tensors (the others export module by module);
+#: test_the_formats_that_read_their_own_tensors pins the list
+IN_ARTEFACT = tuple(f for f in ("torchscript", "onnx", "pt2", "tflite", "coreml") if REGISTRY[f].intermediates)
 
 CASE = """
 model: {factory: 'FACTORY'}
@@ -362,3 +364,8 @@ def test_a_case_exporter_writing_external_data_is_triaged_inside_its_artefact(tm
     assert report.method.startswith("the artefact's own intermediate tensors"), report.table()
     assert report.first_divergence == "fc", report.table()
     assert [r.status for r in report.rows] == ["pass", "fail"]
+
+
+def test_the_formats_that_read_their_own_tensors():
+    """Triage reads these formats' own intermediate tensors; the rest export module by module."""
+    assert IN_ARTEFACT == ("onnx", "pt2")
