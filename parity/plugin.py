@@ -143,7 +143,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 marks = [group]
                 updating = check == "golden" and metafunc.config.getoption("update_golden")
                 if case.expects_failure(check, fmt) and not updating:
-                    marks.append(pytest.mark.xfail(reason=case.xfail, strict=True))
+                    marks.append(pytest.mark.xfail(reason=case.xfail_reason, strict=True))
                 for backend in (backends if CHECKS[check].per_backend else [""]):
                     target = Target(case, fmt, backend, check)
                     params.append(pytest.param(target, id=target.id, marks=marks))
@@ -223,6 +223,11 @@ class _SessionAdapter:
             record.update(cause=result.cause, why=result.why, fix=result.fix)
         if target.case.expects_failure(target.check, target.format):
             record["xfail"] = target.case.xfail
+            canary = target.case.canary
+            if canary is not None:
+                record["canary"] = canary.model_dump()
+                if result.status == "passed":  # an XPASS: the reports lead with what it means
+                    record["message"] = f"{canary.arrived(target.case.path)}\n{record['message']}"
         # Plain JSON types only: the record travels from pytest-xdist workers (execnet cannot send numpy
         # scalars or torch's TorchVersion strings) and ends up in the JSON report anyway.
         record = json.loads(json.dumps(record, default=_json_default))

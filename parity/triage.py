@@ -401,7 +401,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     path = Path(args.case)
     if not path.is_file():
-        path = Path(args.cases) / f"{args.case}.yaml"
+        from parity.case.load import find_case_file
+
+        path = find_case_file(args.cases, args.case)  # cases/canaries/<name>.yaml too
     try:
         cases_dir = Path(args.cases).resolve()
         root = cases_dir if path.resolve().is_relative_to(cases_dir) else path.parent

@@ -9,8 +9,8 @@
 from parity.case.catalog import Catalog
 from parity.case.load import discover, load_case, load_cases
 from parity.case.references import import_from_case, load_object
-from parity.case.schema import (Accuracy, Case, DataSource, Determinism, ExportSpec, InputSpec, LatencySpec,
+from parity.case.schema import (Accuracy, Canary, Case, DataSource, Determinism, ExportSpec, InputSpec, LatencySpec,
                                 ModelSpec, Tolerances)
 
-__all__ = ["Accuracy", "Case", "Catalog", "DataSource", "Determinism", "ExportSpec", "InputSpec", "LatencySpec",
+__all__ = ["Accuracy", "Canary", "Case", "Catalog", "DataSource", "Determinism", "ExportSpec", "InputSpec", "LatencySpec",
            "ModelSpec", "Tolerances", "discover", "import_from_case", "load_case", "load_cases", "load_object"]

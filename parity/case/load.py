@@ -198,9 +198,22 @@ def _unwrap(tp: Any) -> Any:
 
 
 def discover(directory: str | Path) -> list[Path]:
-    """Case files in `directory`, sorted: *.yaml and *.yml, not recursing into subdirectories."""
+    """Case files under `directory`, its subdirectories included (``cases/canaries/...``), sorted by
+    path: *.yaml and *.yml. Hidden files and directories (a leading dot) are skipped."""
     d = Path(directory)
-    return sorted([*d.glob("*.yaml"), *d.glob("*.yml")])
+    found = [p for p in (*d.rglob("*.yaml"), *d.rglob("*.yml"))
+             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(d).parts)]
+    return sorted(found)
+
+
+def find_case_file(directory: str | Path, name: str) -> Path:
+    """The case file named `name` (its stem) under `directory` or one of its subdirectories, the
+    top level first; `directory`/`name`.yaml when there is none (the loader then says it is missing)."""
+    d = Path(directory)
+    for path in sorted(discover(d), key=lambda p: (len(p.relative_to(d).parts), p)):
+        if path.stem == name:
+            return path
+    return d / f"{name}.yaml"
 
 
 def load_cases(directory: str | Path, catalog: Catalog,
@@ -219,7 +232,7 @@ def load_cases(directory: str | Path, catalog: Catalog,
         files.setdefault(case.name, []).append(path)
     cases = []
     for path, case in loaded:
-        others = [p.name for p in files[case.name] if p != path]
+        others = [_shown(p, directory) for p in files[case.name] if p != path]
         if others:  # neither is the right one: both are named, and neither runs
             errors.append(CaseError(str(path), "name", f"case name {case.name!r} is also the name of "
                                     f"{', '.join(others)}; names must be unique (each names a golden directory): "
@@ -227,3 +240,11 @@ def load_cases(directory: str | Path, catalog: Catalog,
         else:
             cases.append(case)
     return cases, sorted(errors, key=lambda e: e.path)
+
+
+def _shown(path: Path, directory: str | Path) -> str:
+    """`path` as a person finds it: relative to the cases directory (``canaries/x.yaml``)."""
+    try:
+        return str(path.relative_to(directory))
+    except ValueError:
+        return path.name

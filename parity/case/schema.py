@@ -249,6 +249,34 @@ class LatencySpec(_Strict):
         return self.max_p50_ms
 
 
+#: An upstream thread: a web address, or ``owner/repository#number`` (a GitHub issue or pull request).
+THREAD = re.compile(r"^(https?://\S+|[A-Za-z0-9][\w.-]*/[\w.-]+#\d+)$")
+
+
+class Canary(_Strict):
+    """A case that pins a real upstream bug as a strict expected failure: the thread that reports it,
+    and the release that fixes it where one exists. When the pinned stack stops reproducing the bug
+    the case passes, and the XPASS reads as the upstream fix having arrived (:meth:`arrived`)."""
+
+    upstream: str = Field(description="the upstream thread: a web address, or 'owner/repository#number'")
+    fixed_in: Optional[str] = Field(default=None, description="the release that carries the fix "
+                                    "('coremltools 9.1'), where one exists; default: not fixed yet")
+
+    @field_validator("upstream")
+    @classmethod
+    def _thread(cls, v: str) -> str:
+        if not THREAD.match(v.strip()):
+            raise ValueError(f"expected a web address (https://...) or 'owner/repository#number', got {v!r}")
+        return v.strip()
+
+    def arrived(self, path: str = "") -> str:
+        """What an XPASS of this canary means, and what to do: one line."""
+        fixed = f", fixed in {self.fixed_in}" if self.fixed_in else ""
+        where = f" of {Path(path).name}" if path else ""
+        return (f"upstream fix arrived: the bug of {self.upstream}{fixed} no longer reproduces on this stack; "
+                f"remove the xfail{where} (and keep the case as a regression test, or delete it)")
+
+
 class Case(_Strict):
     """A validated case file."""
 
@@ -278,6 +306,9 @@ class Case(_Strict):
     xfail: Optional[str] = Field(default=None, description="reason: tests of this case are expected to fail")
     xfail_checks: Optional[dict[str, Union[Literal["all"], list[str]]]] = Field(
         default=None, description="which (check: formats) are expected to fail; default: every test")
+    canary: Optional[Canary] = Field(
+        default=None, description="the case pins a real upstream bug (a strict xfail): {upstream: thread, "
+        "fixed_in: release}; an XPASS then says the upstream fix arrived")
 
     # Set by the loader, not by the file.
     path: str = ""
@@ -346,7 +377,18 @@ class Case(_Strict):
     def _xfail_reason(self) -> "Case":
         if self.xfail_checks is not None and not self.xfail:
             raise ValueError("'xfail_checks' needs 'xfail': the reason the failures are expected")
+        if self.canary is not None and not self.xfail:
+            raise ValueError("canary: a canary is a strict expected failure: add 'xfail' with what goes wrong "
+                             "upstream")
         return self
+
+    @property
+    def xfail_reason(self) -> Optional[str]:
+        """The reason pytest shows for an expected failure (XFAIL, XPASS(strict)): `xfail`, and for a
+        canary what a pass would mean."""
+        if not self.xfail or self.canary is None:
+            return self.xfail
+        return f"{self.xfail} [canary; if this passes, the {self.canary.arrived(self.path)}]"
 
     @property
     def framework(self) -> str:
