@@ -1,6 +1,7 @@
 """TFLite (litert-torch for PyTorch, TFLiteConverter for Keras), run in the LiteRT interpreter
 (``cpu``: default kernels; ``cpu-ref``: reference kernels); INT8 through ai-edge-quantizer
-(PyTorch) or the converter's full-integer mode (Keras); ``tflite_dynamic``: Keras dynamic range."""
+(PyTorch) or the converter's full-integer mode (Keras); ``tflite_dynamic``: Keras dynamic range;
+``tflite_onnx2tf``: another PyTorch route, parity's ONNX export converted by onnx2tf (opt-in)."""
 
 from parity.formats.spec import FormatInfo, keras_route
 
@@ -24,8 +25,21 @@ TFLITE = FormatInfo(
     order=40,
 )
 
+#: onnx2tf and the few packages it imports, each installed with --no-deps: onnx2tf pins tensorflow, onnx,
+#: onnxruntime, numpy and protobuf to other versions than the tested stack's (constraints.txt)
+ONNX2TF_INSTALL = ("pip install 'parity[tflite,onnx]' && pip install --no-deps onnx2tf==1.29.24 "
+                   "onnx-graphsurgeon==0.6.1 sng4onnx==2.0.1 sne4onnx==2.0.1 psutil==5.9.5 tf-keras==2.21.0")
+
 FORMATS = [
     TFLITE,
+    # another route to the same format: parity's ONNX export, then onnx2tf (opt-in: a case lists it)
+    TFLITE.variant("tflite_onnx2tf", f"{_P}.onnx2tf_export:export", "fp32", order=45, opt_in=True,
+                   exporter_options=("opset",),
+                   requires=("torch", "onnx", "onnxscript", "onnx2tf", "tf_keras", "onnx_graphsurgeon", "sng4onnx",
+                             "psutil", "ai_edge_litert"),
+                   install=ONNX2TF_INSTALL,
+                   distributions=("torch", "onnx", "onnxscript", "onnx2tf", "tensorflow", "tf-keras",
+                                  "onnx-graphsurgeon", "ai-edge-litert")),
     TFLITE.variant("tflite_int8", f"{_P}.quantize:tflite_int8", "int8", order=110, exporter_options=("recipe_name",),
                    requires=(*TFLITE.requires, "ai_edge_quantizer"),
                    distributions=(*TFLITE.distributions, "ai-edge-quantizer"),

@@ -92,6 +92,9 @@ class _Loaded:
         order = output_order([named.get(d["index"], d["name"]) for d in outputs], artefact)
         self.outputs = [outputs[i] for i in order]
         self.batch = int(self.inputs[0]["shape"][0]) if self.inputs and len(self.inputs[0]["shape"]) else None
+        signature = self.inputs[0].get("shape_signature") if self.inputs else None
+        #: the batch is declared dynamic (-1, as onnx2tf writes it): its shape's batch is only a default
+        self.dynamic_batch = signature is not None and len(signature) > 0 and int(signature[0]) == -1
         self.resized_from: Optional[int] = None
 
     def resize(self, batch: int) -> None:
@@ -116,6 +119,8 @@ def inspect(artefact: Artefact, expected: Expected) -> dict:
     batch's artefact is recorded (``ops``). Raises ValueError naming the tensor that does not fit.
     """
     prefer = CHANNELS_LAST if artefact.metadata.get("layout_requested") == "nhwc" else AS_CASE
+    # per tensor, what the exporter says it wrote (onnx2tf reports each output's layout): wins a tie
+    declared = artefact.metadata.get("layout_declared") or {}
     layouts: dict[str, dict[str, str]] = {"inputs": {}, "outputs": {}}
     notes: list[str] = []
     loaded: dict[Path, _Loaded] = {}
@@ -133,7 +138,7 @@ def inspect(artefact: Artefact, expected: Expected) -> dict:
                 got = tuple(int(d) for d in detail["shape"])
                 if model.batch is not None and model.batch != batch and got and got[0] == model.batch:
                     got = (batch, *got[1:])  # a single static artefact, resized at run time
-                layout = match_layout(got, shape, layouts[kind].get(name, prefer))
+                layout = match_layout(got, shape, layouts[kind].get(name, declared.get(kind, {}).get(name, prefer)))
                 if layout is None:
                     raise ValueError(f"{kind[:-1]} {name!r} (position {position}) of {path.name}: the artefact has "
                                      f"shape {got}, the case {tuple(shape)}; neither that nor its channels-last form "
@@ -142,7 +147,9 @@ def inspect(artefact: Artefact, expected: Expected) -> dict:
                     raise ValueError(f"{kind[:-1]} {name!r} is {layouts[kind][name]} in one artefact and {layout} in "
                                      f"{path.name}")
         if model.batch is not None and model.batch != batch:
-            notes.append(f"{path.name} was exported at batch size {model.batch}; the runner resizes it to {batch}")
+            notes.append(f"{path.name} declares a dynamic batch (allocated at {model.batch}); the runner resizes it "
+                         f"to {batch}" if model.dynamic_batch else
+                         f"{path.name} was exported at batch size {model.batch}; the runner resizes it to {batch}")
     for kind in ("inputs", "outputs"):
         moved = [n for n, layout in layouts[kind].items() if layout == CHANNELS_LAST]
         if moved:

@@ -1,0 +1,183 @@
+"""The ``tflite_onnx2tf`` route: PyTorch -> ONNX (parity's own ONNX export) -> onnx2tf -> .tflite (fp32).
+
+onnx2tf rebuilds the ONNX graph as a Keras (tf_keras) model, transposing it to channels-last as it
+goes, and writes it through ``tf.lite.TFLiteConverter``: a second, independent way to TFLite beside
+litert-torch, and the one many deployment pipelines use. It runs in-process through its Python API
+(``onnx2tf.convert``), writing into a scratch folder inside the artefact's own folder that is removed
+afterwards; only ``model_float32.tflite`` is kept (as the artefact), and onnx2tf's console output is
+captured (its errors become the exception's message).
+
+Layout: every input of rank 3 or more is kept channels-first (``keep_ncw_or_nchw_or_ncdhw_input_names``)
+so the artefact takes the case's tensors as they are. onnx2tf has no such option for outputs: an
+output it computed channels-last stays channels-last. The layout onnx2tf reports for each output is
+recorded (``layout_declared``), and the runner transposes such outputs back and says so.
+
+onnx2tf changes its process as it is imported and run (a recursion limit of 2**31 - 1, every
+warning silenced, the random seeds, ``TF_USE_LEGACY_KERAS``, ``CUDA_VISIBLE_DEVICES=-1``, TensorFlow's
+op determinism): :func:`convert` puts each of these back afterwards, since the export worker goes on
+serving other formats' exports. Where onnx2tf would fetch sample images from the network (a
+static-batch, three-channel, channels-last input), it gets seeded uniform data instead: no network,
+and the same artefact on every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata as md
+import io
+import os
+import random
+import re
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import parity._triton_first  # noqa: F401  (onnx2tf imports tensorflow)
+import numpy as np
+
+#: onnx2tf's process-wide settings that :func:`convert` restores.
+_ENVIRONMENT = ("TF_USE_LEGACY_KERAS", "TF_CPP_MIN_LOG_LEVEL", "CUDA_VISIBLE_DEVICES")
+_ERROR_LINE = re.compile(r"^\s*ERROR:\s*(.*\S)")
+
+
+def export(model, example_inputs: tuple, path: Path, *, input_names: list[str], output_names: list[str],
+           opset: int = 18) -> dict:
+    """Export `model` to ONNX with parity's ONNX exporter (dynamo, dynamic batch, `opset`), then convert
+    that file with :func:`convert` into the fp32 .tflite at `path`. The ONNX file lives only in the
+    scratch folder of the conversion."""
+    from parity.formats.onnx.export import export as onnx_export
+
+    scratch = Path(tempfile.mkdtemp(prefix=".onnx2tf-", dir=path.parent))
+    try:
+        onnx_path = scratch / "model.onnx"
+        onnx_meta = onnx_export(model, example_inputs, onnx_path, input_names=input_names, output_names=output_names,
+                                opset=opset)
+        metadata = convert(onnx_path, path, input_names=input_names)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    onnx_step = {k: onnx_meta[k] for k in ("exporter", "opset_written", "torch", "onnx") if k in onnx_meta}
+    return {**metadata, "onnx_step": onnx_step, "warnings": onnx_meta.get("warnings", []) + metadata["warnings"]}
+
+
+def convert(onnx_path: Path, path: Path, *, input_names: Optional[list[str]] = None) -> dict:
+    """Convert the ONNX file at `onnx_path` with ``onnx2tf.convert`` and write its fp32 .tflite at `path`.
+
+    The inputs named in `input_names` (default: every graph input) of rank 3 or more keep their
+    channels-first layout. Raises RuntimeError with onnx2tf's own ERROR lines when it fails (it
+    reports most failures by printing them and calling ``sys.exit``).
+    """
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initialisers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initialisers]
+    wanted = set(input_names) if input_names is not None else {i.name for i in inputs}
+    keep = [i.name for i in inputs if i.name in wanted and len(i.type.tensor_type.shape.dim) >= 3]
+    log = io.StringIO()
+    scratch = Path(tempfile.mkdtemp(prefix=".onnx2tf-out-", dir=path.parent))
+    try:
+        with _contained(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            import onnx2tf
+            import onnx2tf.onnx2tf as o2t_main
+            from onnx2tf.utils import common_functions
+
+            with _offline(o2t_main, common_functions):
+                try:
+                    keras_model = onnx2tf.convert(
+                        input_onnx_file_path=str(onnx_path), output_folder_path=str(scratch),
+                        keep_ncw_or_nchw_or_ncdhw_input_names=keep or None,
+                        not_use_onnxsim=True,  # onnxsim is not installed: say so rather than have it tried
+                        verbosity="warn")
+                except (Exception, SystemExit) as e:
+                    errors = [_ERROR_LINE.match(_strip(line)).group(1) for line in log.getvalue().splitlines()
+                              if _ERROR_LINE.match(_strip(line))]
+                    said = "; ".join(dict.fromkeys(errors)) or f"{type(e).__name__}: {e}"
+                    raise RuntimeError(f"onnx2tf {_version('onnx2tf')}: {said}") from None
+        written = scratch / "model_float32.tflite"
+        if not written.exists():
+            raise RuntimeError(f"onnx2tf {_version('onnx2tf')} wrote no model_float32.tflite "
+                               f"(it wrote: {', '.join(sorted(p.name for p in scratch.iterdir())) or 'nothing'})")
+        shutil.move(str(written), str(path))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    declared = getattr(keras_model, "onnx_output_layouts", None) or {}
+    warned = [_strip(line).split("WARNING:", 1)[1].strip() for line in log.getvalue().splitlines()
+              if "WARNING:" in _strip(line)]
+    return {"exporter": "onnx2tf.convert (ONNX -> tf_keras -> TFLiteConverter), model_float32.tflite",
+            "onnx2tf": _version("onnx2tf"), "tensorflow": _version("tensorflow-cpu", "tensorflow"),
+            "kept_channels_first": keep,
+            "layout_declared": {"inputs": {n: "as the case" for n in keep},
+                                "outputs": {n: "channels-last" if nhwc else "as the case"
+                                            for n, nhwc in declared.items()}},
+            "warnings": sorted(set(warned))[:10]}
+
+
+@contextlib.contextmanager
+def _contained():
+    """Put back what onnx2tf changes in its process: the recursion limit, the warning filters, the
+    random states, three environment variables and TensorFlow's op determinism."""
+    limit = sys.getrecursionlimit()
+    environment = {k: os.environ.get(k) for k in _ENVIRONMENT}
+    states = random.getstate(), np.random.get_state()
+    determinism = _op_determinism()
+    try:
+        with warnings.catch_warnings():
+            yield
+    finally:
+        sys.setrecursionlimit(limit)
+        for key, value in environment.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        if determinism is False and _op_determinism():
+            from tensorflow.python.framework import config
+
+            config.disable_op_determinism()
+
+
+def _op_determinism() -> Optional[bool]:
+    """Whether TensorFlow's op determinism is on, or None before TensorFlow is imported."""
+    if "tensorflow" not in sys.modules:
+        return False
+    from tensorflow.python.framework import config
+
+    return bool(config.is_op_determinism_enabled())
+
+
+@contextlib.contextmanager
+def _offline(*modules):
+    """onnx2tf's ``download_test_image_data`` (sample images fetched over the network for a static,
+    three-channel NHWC input) replaced by seeded uniform images of its shape, in every module that
+    imported it."""
+    def sample_images() -> np.ndarray:
+        return np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32)
+
+    saved = [(m, m.download_test_image_data) for m in modules if hasattr(m, "download_test_image_data")]
+    for module, _ in saved:
+        module.download_test_image_data = sample_images
+    try:
+        yield
+    finally:
+        for module, original in saved:
+            module.download_test_image_data = original
+
+
+def _strip(line: str) -> str:
+    from parity.errors import strip_ansi
+
+    return strip_ansi(line)
+
+
+def _version(*names: str) -> str:
+    for name in names:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return "?"
