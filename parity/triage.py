@@ -65,9 +65,14 @@ class TriageReport:
     #: (a Conv folded into the BatchNorm after it): the bug may be in any of them
     fused_with: list[str] = field(default_factory=list)
     tolerance_scale: Optional[float] = None  # err/max|ref| a row may reach (the case's tolerance for the format)
+    #: eager's outputs (NumPy) of the first diverging module, as the hooks recorded them (in-artefact path):
+    #: what a repro bundle expects at that tensor; not part of as_dict()
+    eager_at_divergence: list = field(default_factory=list, repr=False, compare=False)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data.pop("eager_at_divergence", None)
+        return data
 
     def table(self) -> str:
         header = ("module", "op", "max_abs", "err/max|ref|", "cosine", "nonfinite", "result")
@@ -193,6 +198,8 @@ def triage(run: CaseRun, fmt: str, backend: str, workdir: Optional[Path] = None)
         except Exception as e:
             found, fallback = None, f"reading the artefact's intermediate tensors failed ({short_error(e, 1)})"
         if found is not None:
+            if found[0]:  # kept for parity.bundle
+                report.eager_at_divergence = [t.detach().cpu().numpy() for t in _tensors(records[found[0]][2]) or []]
             return _conclude(report, found[0], found[1], findings, fmt)
         fallback = fallback or report.method
         report.rows, report.unmapped = [], []
@@ -396,6 +403,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--cases", default="cases", help="directory of case files (default: cases/)")
     parser.add_argument("--build", default="build/parity", help="build directory (default: build/parity)")
     parser.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    parser.add_argument("--bundle", default=None, metavar="DIR",
+                        help="write a repro bundle to file upstream into this empty or new directory: the smallest "
+                             "artefact that shows the divergence, inputs, expected outputs, versions, README.txt and "
+                             "a standalone repro.py")
+    parser.add_argument("--model-explorer", default=None, metavar="FILE",
+                        help="write each ONNX node's error as Google Model Explorer node data (JSON) to this file")
     parser.add_argument("--allow-external-paths", action="store_true",
                         help="let the case read files outside its directory of case files")
     args = parser.parse_args(argv)
@@ -421,13 +434,27 @@ def main(argv: Optional[list[str]] = None) -> int:
     if reason:
         print(f"error: {reason}")
         return 2
+    if args.bundle:
+        from parity.bundle import BundleError, check_directory
+
+        try:  # refused before the triage, which can take minutes
+            check_directory(Path(args.bundle))
+        except BundleError as e:
+            print(f"error: {e}")
+            return 2
     session = Session(args.build, "golden")
-    report = triage(session.case_run(case), args.fmt, args.backend)
-    session.close()
+    run = session.case_run(case)
+    report = triage(run, args.fmt, args.backend)
     print(report.table())
+    failed = False
+    if args.bundle or args.model_explorer:
+        from parity.bundle import write_requested
+
+        failed = write_requested(report, run, args.fmt, args.backend, args.bundle, args.model_explorer)
+    session.close()
     if args.json:
         write(report, Path(args.json))
-    return 1 if report.first_divergence else 0
+    return 2 if failed else 1 if report.first_divergence else 0
 
 
 def unsupported(case) -> str:
