@@ -411,7 +411,16 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="write each ONNX node's error as Google Model Explorer node data (JSON) to this file")
     parser.add_argument("--allow-external-paths", action="store_true",
                         help="let the case read files outside its directory of case files")
+    parser.add_argument("--sensitivity", action="store_true",
+                        help="for a quantized format: each layer's SQNR against fp32 and the fewest layers to keep in "
+                             "fp32 to meet the case's accuracy gate, verified by re-quantizing without them")
     args = parser.parse_args(argv)
+    if args.sensitivity:
+        from parity.sensitivity import unsupported as no_route
+
+        if no_route(args.fmt):
+            print(f"error: {no_route(args.fmt)}")
+            return 2
     path = Path(args.case)
     if not path.is_file():
         from parity.case.load import find_case_file
@@ -424,7 +433,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except CaseError as e:
         print(f"error: {e}")
         return 2
-    if case.framework != "torch":
+    if case.framework != "torch" and not args.sensitivity:  # sensitivity reads artefacts only: any framework
         print(f"error: {unsupported(case)}")
         return 2
     if args.fmt not in case.formats:
@@ -442,6 +451,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         except BundleError as e:
             print(f"error: {e}")
             return 2
+    if args.sensitivity:
+        from parity.sensitivity import cli
+
+        return cli(case, args.fmt, args.backend, args.build, args.json)
     session = Session(args.build, "golden")
     run = session.case_run(case)
     report = triage(run, args.fmt, args.backend)

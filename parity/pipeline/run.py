@@ -554,13 +554,14 @@ class CaseRun:
         return artefact
 
     def export_module(self, fmt: str, module, example: tuple, path: Path, input_names: list[str],
-                      output_names: list[str], whole: bool = False) -> tuple[dict, str]:
+                      output_names: list[str], whole: bool = False,
+                      extra_options: Optional[dict] = None) -> tuple[dict, str]:
         """Export `module` to `path` the way this case exports `fmt`: the case's own export
         function with its options, or the built-in exporter. Returns (metadata, source).
         Used for the whole model (`whole`: the case's dynamic axes apply) and, by triage, for
-        single submodules."""
+        single submodules; `extra_options` join the case's options (sensitivity's nodes_to_exclude)."""
         spec = self.case.export.get(fmt)
-        options = dict(spec.options) if spec is not None else {}
+        options = {**(dict(spec.options) if spec is not None else {}), **(extra_options or {})}
         own = spec is not None and spec.function is not None
         who = f"the case's export function {spec.function}" if own else f"the built-in {fmt} exporter"
         source = f"function:{spec.function}" if own else "parity"

@@ -37,7 +37,8 @@ FORMATS = [
     ONNX.variant("onnx_legacy", f"{_P}.export:export_legacy", "fp32", order=21, exporter_options=("opset",),
                  opt_in=True),
     ONNX.variant("onnx_int8", f"{_P}.quantize:onnx_int8", "int8", order=80,
-                 exporter_options=("mode", "per_channel", "reduce_range"),
-                 keras=keras_route(f"{_P}.keras:onnx_int8", ("tf2onnx", *_ONNX), ("mode", "per_channel", "reduce_range"),
+                 exporter_options=("mode", "per_channel", "reduce_range", "nodes_to_exclude"),
+                 keras=keras_route(f"{_P}.keras:onnx_int8", ("tf2onnx", *_ONNX),
+                                   ("mode", "per_channel", "reduce_range", "nodes_to_exclude"),
                                    distributions=("tf2onnx", *_ONNX))),
 ]

@@ -37,22 +37,14 @@ def _scope(node) -> list[str]:
     return []
 
 
-def intermediates(path: Path, feeds: dict[str, np.ndarray], backend: str, known_modules: set[str]) -> Intermediates:
-    """Run the ONNX file at `path` once on `backend` with every float tensor as an output."""
+def run_marked(model, feeds: dict[str, np.ndarray], backend: str) -> tuple[dict[str, np.ndarray], int]:
+    """({tensor name: value} of every float node output and graph output, how many were marked) from
+    one run of the loaded ONNX `model` (marked in place) on `backend`, fed `feeds` in input order."""
     import onnx
     import onnxruntime as ort
 
     from parity.formats.onnx.runner import PROVIDERS
 
-    model = onnx.load(str(path))
-    result = Intermediates()
-    if not any(_scope(n) for n in model.graph.node):
-        result.note = ("the file carries no module metadata (pkg.torch.onnx.name_scopes: written by the dynamo "
-                       "exporter only), so no tensor maps to a module")
-        return result
-    nodes = [Node(n.name, n.op_type, [strip(s, known_modules) for s in _scope(n)], list(n.input), list(n.output))
-             for n in model.graph.node]
-    found, result.unmapped = module_tensors(nodes, {o.name for o in model.graph.output}, known_modules)
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
         types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.output)}
@@ -73,7 +65,24 @@ def intermediates(path: Path, feeds: dict[str, np.ndarray], backend: str, known_
                                    providers=[PROVIDERS.get(backend, PROVIDERS["cpu"])])
     names = [i.name for i in session.get_inputs()]
     fetch = [o.name for o in session.get_outputs()]
-    values = dict(zip(fetch, session.run(fetch, dict(zip(names, feeds.values())))))
+    return dict(zip(fetch, session.run(fetch, dict(zip(names, feeds.values()))))), marked
+
+
+def intermediates(path: Path, feeds: dict[str, np.ndarray], backend: str, known_modules: set[str]) -> Intermediates:
+    """Run the ONNX file at `path` once on `backend` with every float tensor as an output."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    result = Intermediates()
+    if not any(_scope(n) for n in model.graph.node):
+        result.note = ("the file carries no module metadata (pkg.torch.onnx.name_scopes: written by the dynamo "
+                       "exporter only), so no tensor maps to a module")
+        return result
+    nodes = [Node(n.name, n.op_type, [strip(s, known_modules) for s in _scope(n)], list(n.input), list(n.output))
+             for n in model.graph.node]
+    found, result.unmapped = module_tensors(nodes, {o.name for o in model.graph.output}, known_modules)
+    values, marked = run_marked(model, feeds, backend)
     result.tensors = len(values)
     result.note = (f"{marked} intermediate tensors marked as outputs and read in one run of the artefact on "
                    f"onnxruntime {ort.__version__} ({backend}); marking them keeps fusions across them from "

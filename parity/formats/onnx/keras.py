@@ -27,11 +27,13 @@ def onnx(model, example_inputs: tuple, path: Path, *, input_names: list[str], ou
 
 def onnx_int8(model, example_inputs: tuple, path: Path, *, input_names: list[str], output_names: list[str],
               calibration: dict[str, np.ndarray], mode: str = "static", per_channel: bool = True,
-              reduce_range: bool = True) -> dict:
+              reduce_range: bool = True, nodes_to_exclude: tuple = ()) -> dict:
     from parity.formats.onnx.quantize import quantize_onnx
     from parity.formats.quantize import via_fp32
 
     meta = via_fp32(onnx, ".onnx", model, example_inputs, input_names, output_names,
-                    lambda fp32: quantize_onnx(fp32, path, calibration, mode, per_channel, reduce_range))
+                    lambda fp32: quantize_onnx(fp32, path, calibration, mode, per_channel, reduce_range,
+                                               nodes_to_exclude))
     return {**meta, "route": f"tf2onnx, then onnxruntime.quantization {mode}" + (" QDQ" if mode == "static" else ""),
-            "per_channel": per_channel, "reduce_range": reduce_range}
+            "per_channel": per_channel, "reduce_range": reduce_range,
+            **({"nodes_to_exclude": list(nodes_to_exclude)} if nodes_to_exclude else {})}

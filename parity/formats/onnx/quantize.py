@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -17,22 +17,30 @@ from parity.formats.quantize import calibration_batches, via_fp32
 
 def onnx_int8(model, example_inputs: tuple, path: Path, *, input_names: list[str], output_names: list[str],
               calibration: dict[str, np.ndarray], mode: str = "static", per_channel: bool = True,
-              reduce_range: bool = True, dynamic_axes: Optional[list[dict[int, str]]] = None) -> dict:
+              reduce_range: bool = True, dynamic_axes: Optional[list[dict[int, str]]] = None,
+              nodes_to_exclude: Sequence[str] = ()) -> dict:
     from functools import partial
 
     from parity.formats.onnx.export import export as export_fp32
 
     meta = via_fp32(partial(export_fp32, dynamic_axes=dynamic_axes), ".onnx", model, example_inputs, input_names,
-                    output_names, lambda fp32: quantize_onnx(fp32, path, calibration, mode, per_channel, reduce_range))
+                    output_names, lambda fp32: quantize_onnx(fp32, path, calibration, mode, per_channel, reduce_range,
+                                                             nodes_to_exclude))
     return {"route": f"onnxruntime.quantization {mode}" + (" QDQ" if mode == "static" else ""),
             "per_channel": per_channel, "reduce_range": reduce_range, "opset_written": meta["opset_written"],
-            "torch": str(torch.__version__)}
+            "torch": str(torch.__version__), **({"nodes_to_exclude": list(nodes_to_exclude)} if nodes_to_exclude
+                                                 else {})}
 
 
 def quantize_onnx(fp32: Path, path: Path, calibration: dict[str, np.ndarray], mode: str, per_channel: bool,
-                  reduce_range: bool = True) -> None:
+                  reduce_range: bool = True, nodes_to_exclude: Sequence[str] = (),
+                  extra_options: Optional[dict] = None) -> None:
     """An fp32 .onnx file to INT8 at `path` with onnxruntime.quantization (static QDQ calibrated on
     `calibration`, or dynamic). Shared by the PyTorch and Keras routes.
+
+    ``nodes_to_exclude`` (node names of the graph, as the INT8 file keeps them) stay in float: the
+    quantizer's own option, which ``parity triage --sensitivity`` recommends and verifies.
+    ``extra_options`` go to the quantizer unchanged (``TensorQuantOverrides``, ...).
 
     ``reduce_range`` (7-bit weights) is on by default: on x86-64 CPUs without VNNI (AVX2 only, such
     as this project's CI machine) onnxruntime runs int8 convolutions with an instruction whose
@@ -49,7 +57,8 @@ def quantize_onnx(fp32: Path, path: Path, calibration: dict[str, np.ndarray], mo
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         if mode == "dynamic":
             quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8, per_channel=per_channel,
-                             reduce_range=reduce_range)
+                             reduce_range=reduce_range, nodes_to_exclude=list(nodes_to_exclude),
+                             extra_options=dict(extra_options or {}))
         elif mode == "static":
             import onnx
 
@@ -67,6 +76,7 @@ def quantize_onnx(fp32: Path, path: Path, calibration: dict[str, np.ndarray], mo
 
             quantize_static(str(prepared), str(path), Reader(), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, reduce_range=reduce_range, activation_type=QuantType.QInt8,
-                            weight_type=QuantType.QInt8)
+                            weight_type=QuantType.QInt8, nodes_to_exclude=list(nodes_to_exclude),
+                            extra_options=dict(extra_options or {}))
         else:
             raise ValueError(f"export.onnx_int8.options.mode must be 'static' or 'dynamic', got {mode!r}")

@@ -1,0 +1,152 @@
+"""Precision sensitivity finds the badly quantized layer, and re-quantizing without it meets the gate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import write_case
+from parity.catalog import load_case
+from parity.session import Session
+from parity.sensitivity import _own_sqnr, sensitivity, unsupported
+from parity.triage import main
+
+ROOT = Path(__file__).parents[1]
+
+#: parity's ONNX INT8 route with one weight quantized with scales `factor` times too large, through
+#: onnxruntime's own TensorQuantOverrides (a layer calibrated badly); nodes_to_exclude as the route takes it
+PLANTED = '''
+import numpy as np
+
+
+def overridden_int8(model, example_inputs, path, tensor="features.3.weight", factor=100.0, nodes_to_exclude=()):
+    import onnx
+    from onnx import numpy_helper
+
+    from parity.formats.onnx.export import export
+    from parity.formats.onnx.quantize import quantize_onnx
+    from parity.formats.quantize import via_fp32
+    from parity.pipeline.datasets import load
+
+    calibration = {"image": load("digits", "calibration")[0].astype(np.float32)}
+
+    def quantize(fp32):
+        weight = next(numpy_helper.to_array(t) for t in onnx.load(str(fp32)).graph.initializer if t.name == tensor)
+        scales = factor * np.abs(weight).reshape(len(weight), -1).max(1) / 63  # 7-bit weights (reduce_range)
+        overrides = {tensor: [{"axis": 0, "scale": np.float32(s), "zero_point": np.int8(0)} for s in scales]}
+        quantize_onnx(fp32, path, calibration, "static", True, True, nodes_to_exclude,
+                      extra_options={"TensorQuantOverrides": overrides})
+
+    return via_fp32(export, ".onnx", model, example_inputs, ["image"], ["logits"], quantize)
+'''
+
+DIGITS = """
+model:
+  factory: parity_examples.zoo:digits_cnn
+  weights: weights/digits_cnn.safetensors
+  seed: 0
+inputs:
+  image: {shape: [1, 8, 8], distribution: uniform, low: 0.0, high: 1.0}
+outputs: [logits]
+batch_sizes: [1, 8]
+formats: [onnx, onnx_int8]
+backends: [cpu]
+accuracy:
+  evaluation: {source: digits, split: test}
+  calibration: {source: digits, split: calibration}
+  max_accuracy_drop: 1.0
+  min_top1_agreement: 0.97
+"""
+
+PLANTED_CASE = DIGITS + "export:\n  onnx_int8: {function: 'planted:overridden_int8'}\n"
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sensitivity")
+    d = root / "cases"
+    (d / "weights").mkdir(parents=True)
+    shutil.copy(ROOT / "cases" / "weights" / "digits_cnn.safetensors", d / "weights")
+    (d / "planted.py").write_text(PLANTED)
+    write_case(d, "planted", PLANTED_CASE)
+    write_case(d, "clean", DIGITS)
+    session = Session(root / "build", root / "golden")
+    yield {"dir": d, "build": root / "build", "session": session,
+           **{name: session.case_run(load_case(d / f"{name}.yaml", root=d)) for name in ("planted", "clean")}}
+    session.close()
+
+
+def test_the_badly_calibrated_layer_ranks_first_and_keeping_it_in_fp32_meets_the_gate(digits, tmp_path):
+    report = sensitivity(digits["planted"], "onnx_int8", "cpu", workdir=tmp_path / "work")
+    ranked = sorted(report.layers, key=lambda r: r.rank)
+    assert [(r.op, r.module) for r in ranked][0] == ("Conv", "features.3"), report.table()
+    assert {r.module for r in report.layers} == {"features.0", "features.3", "classifier"}
+    culprit = ranked[0].node
+    assert ranked[0].own_sqnr_db < 10 < min(r.own_sqnr_db for r in ranked[1:]), report.table()
+
+    assert report.gate_kind == "accuracy"
+    assert not report.baseline.met and report.baseline.figures["accuracy_drop"] > 10, report.table()
+    assert report.recommended == [culprit]
+    fp32 = report.final.figures["fp32_accuracy"]
+    assert report.met and report.final.met and report.final.excluded == [culprit]
+    assert report.final.figures["accuracy"] >= fp32 - 1.0
+    assert report.final.figures["top1_agreement"] >= 0.97
+    assert ranked[0].alone["met"] and ranked[0].alone["accuracy"] == report.final.figures["accuracy"]
+    assert report.recommendation.startswith(f"keep {culprit} (Conv, features.3) in fp32: accuracy "
+                                            f"{report.baseline.figures['accuracy']:.2f}% -> "
+                                            f"{report.final.figures['accuracy']:.2f}%, gate met (max drop 1 point(s)")
+    assert f"nodes_to_exclude: [{culprit}]" in report.recommendation
+    # the re-quantized artefact the figure came from really keeps that conv's weight in float
+    import onnx
+
+    files = sorted((tmp_path / "work").glob("exclude-*.onnx"))
+    graph = onnx.load(str(files[0])).graph
+    conv = next(n for n in graph.node if n.name == culprit)
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    assert producers.get(conv.input[1]) != "DequantizeLinear"
+    assert {i.name for i in graph.initializer} >= {conv.input[1]}
+
+
+def test_a_clean_int8_artefact_needs_nothing_kept_in_fp32(digits, tmp_path):
+    report = sensitivity(digits["clean"], "onnx_int8", "cpu", workdir=tmp_path / "work", max_candidates=1)
+    assert report.baseline.met and report.met, report.table()
+    assert report.recommended == [] and report.steps == []
+    assert report.recommendation.startswith("gate already met as exported (accuracy ")
+    assert report.recommendation.endswith("nothing to keep in higher precision")
+    assert all(r.sqnr_db > 25 for r in report.layers), report.table()  # every layer quantized fine
+    assert sum(r.alone is not None for r in report.layers) == 1
+
+
+def test_cli_flag_names_the_layer_and_writes_json(digits, tmp_path, capsys):
+    out = tmp_path / "sensitivity.json"
+    code = main(["planted", "-f", "onnx_int8", "--sensitivity", "--cases", str(digits["dir"]),
+                 "--build", str(digits["build"]), "--json", str(out)])
+    text = capsys.readouterr().out
+    assert code == 1, text  # as exported, the artefact fails its gate
+    assert "precision sensitivity of planted / onnx_int8 / cpu" in text
+    line = next(line for line in text.splitlines() if line.startswith("1 "))
+    assert "Conv" in line and "features.3" in line, text
+    assert "keep node_Conv" in text and "(Conv, features.3) in fp32" in text and "gate met" in text
+    data = json.loads(out.read_text())
+    assert data["recommended"] and data["met"] is True
+    assert data["layers"][0]["module"] in ("features.0", "features.3", "classifier")
+
+
+def test_formats_without_a_route_say_which_formats_have_one(digits, capsys):
+    code = main(["clean", "-f", "tflite_int8", "--sensitivity", "--cases", str(digits["dir"]),
+                 "--build", str(digits["build"])])
+    text = capsys.readouterr().out
+    assert code == 2
+    assert "precision sensitivity supports onnx_int8" in text and "ai-edge-quantizer" in text
+    assert "fp16 sensitivity is not covered" in unsupported("coreml_fp16")
+    assert "not a reduced-precision format" in unsupported("onnx")
+    assert unsupported("onnx_int8") is None
+
+
+def test_own_sqnr_is_the_noise_a_layer_adds():
+    assert _own_sqnr(30.0, None) == 30.0  # the first layer: all of its noise is its own
+    assert _own_sqnr(20.0, 20.0) == 120.0  # no noisier than its input: adds none
+    assert abs(_own_sqnr(10 * __import__("math").log10(1 / 0.02), 20.0) - 20.0) < 1e-9  # 0.02 = 0.01 + 0.01
