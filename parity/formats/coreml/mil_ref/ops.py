@@ -21,8 +21,8 @@ import torch.nn.functional as F
 KERNELS: dict[str, Callable] = {}
 
 _DTYPES = {"fp16": torch.float16, "fp32": torch.float32, "fp64": torch.float64, "int8": torch.int8,
-           "uint8": torch.uint8, "int16": torch.int16, "int32": torch.int32, "int64": torch.int64,
-           "bool": torch.bool}
+           "uint8": torch.uint8, "int16": torch.int16, "uint16": torch.uint16, "int32": torch.int32,
+           "int64": torch.int64, "bool": torch.bool}
 
 
 class UnsupportedOpError(NotImplementedError):
@@ -147,19 +147,56 @@ _BINARY = {
     "greater_equal": torch.ge, "logical_and": torch.logical_and, "logical_or": torch.logical_or,
     "logical_xor": torch.logical_xor,
 }
+_COMPARISONS = {"equal", "not_equal", "less", "less_equal", "greater", "greater_equal"}
+
+
+def _narrow_int(result: torch.Tensor, dtype: torch.dtype, what: str) -> torch.Tensor:
+    """An integer result computed in int64, narrowed to `dtype`; a value outside its range is refused.
+
+    Core ML documents no integer overflow behaviour (torch and NumPy wrap around), so a program that
+    overflows has no documented answer.
+    """
+    info = torch.iinfo(dtype)
+    if result.numel() and (int(result.min()) < info.min or int(result.max()) > info.max):
+        bad = result[(result < info.min) | (result > info.max)][0]
+        raise UnsupportedOpError(f"{what} gives {int(bad)}, outside {str(dtype).replace('torch.', '')}'s range: "
+                                 "Core ML's integer overflow behaviour is not documented")
+    return result.to(dtype)
+
+
+def _integer_binary(op: str, x: torch.Tensor, y: torch.Tensor, out: torch.dtype) -> torch.Tensor:
+    """Integer arithmetic, exact in int64 and then narrowed; the undocumented corners are refused."""
+    x64, y64 = x.to(torch.int64), y.to(torch.int64)
+    if op in ("floor_div", "mod", "real_div") and bool((y64 == 0).any()):
+        raise UnsupportedOpError(f"integer {op} by zero: Core ML's result is not documented")
+    if op == "real_div":
+        # integer shape arithmetic (a head size from a width): exact divisions have one answer; how
+        # Core ML rounds an inexact one is not documented, so that is refused rather than guessed
+        if bool((torch.remainder(x64, y64) != 0).any()):
+            raise UnsupportedOpError("real_div of integer tensors with a remainder: Core ML's rounding of the result "
+                                     "is not documented")
+        return _narrow_int(torch.div(x64, y64, rounding_mode="trunc"), out, op)
+    if op == "floor_div":
+        return _narrow_int(torch.div(x64, y64, rounding_mode="floor"), out, op)
+    if op == "pow":
+        if bool((y64 < 0).any()):
+            raise UnsupportedOpError("integer pow with a negative exponent: Core ML's result is not documented")
+        if bool((torch.pow(x64.double(), y64.double()).abs() > 2.0 ** 62).any()):
+            raise UnsupportedOpError("integer pow overflows: Core ML's integer overflow behaviour is not documented")
+    return _narrow_int(_BINARY[op](x64, y64), out, op)
 
 
 @kernel(*_BINARY)
 def _binary(a):
     x, y = a.tensor("x"), a.tensor("y")
-    if a.op.op_type == "real_div" and not x.is_floating_point():
-        # integer shape arithmetic (a head size from a width): exact divisions have one answer; how
-        # Core ML rounds an inexact one is not documented, so that is refused rather than guessed
-        if (y == 0).any() or (torch.remainder(x, y) != 0).any():
-            raise UnsupportedOpError("real_div of integer tensors with a remainder: Core ML's rounding of the result "
-                                     "is not documented")
-        return torch.div(x, y, rounding_mode="trunc").to(a.out_dtype())
-    return _BINARY[a.op.op_type](_f(x), _f(y))
+    op = a.op.op_type
+    if op == "floor_div" and x.is_floating_point():
+        # documented as x / y rounded towards -inf: the quotient in the op's precision, then floor.
+        # torch (and coremltools' constant folding) floor-divide through fmod: 1 // 0.1 is 9, not 10
+        return torch.floor(torch.true_divide(_f(x), _f(y)).to(a.out_dtype()))
+    if x.dtype == torch.bool or op in _COMPARISONS or x.is_floating_point() or y.is_floating_point():
+        return _BINARY[op](_f(x), _f(y))
+    return _integer_binary(op, x, y, a.out_dtype())
 
 
 _UNARY = {
@@ -167,7 +204,8 @@ _UNARY = {
     "ceil": torch.ceil, "cos": torch.cos, "cosh": torch.cosh, "erf": torch.erf, "exp": torch.exp,
     "exp2": torch.exp2, "floor": torch.floor, "sign": torch.sign, "sin": torch.sin, "sinh": torch.sinh,
     "sqrt": torch.sqrt, "square": torch.square, "tan": torch.tan, "tanh": torch.tanh,
-    "round": torch.round,  # half to even: MIL documents 0.5 -> 0
+    # MIL documents 0.5 -> 0 and folds constants with np.round: halves go to the even neighbour
+    "round": torch.round,
     "logical_not": torch.logical_not, "relu": torch.relu, "relu6": lambda x: torch.clamp(x, 0.0, 6.0),
     "sigmoid": torch.sigmoid, "softplus": F.softplus, "softsign": F.softsign, "silu": F.silu,
 }
@@ -175,7 +213,17 @@ _UNARY = {
 
 @kernel(*_UNARY)
 def _unary(a):
-    return _UNARY[a.op.op_type](_f(a.tensor("x")))
+    x = a.tensor("x")
+    op = a.op.op_type
+    if op in ("abs", "square", "exp2", "sign") and not x.is_floating_point() and x.dtype != torch.bool:
+        x64 = x.to(torch.int64)
+        if op == "exp2":  # an int32 exp2 is int32: only 2**0 ... 2**30 are integers that fit
+            if bool(((x64 < 0) | (x64 > 30)).any()):
+                raise UnsupportedOpError("exp2 of an int32 exponent outside 0..30: the result is not an int32, and "
+                                         "Core ML's rounding or overflow of it is not documented")
+            return _narrow_int(torch.pow(2, x64), a.out_dtype(), op)
+        return _narrow_int(_UNARY[op](x64), a.out_dtype(), op)
+    return _UNARY[op](_f(x))
 
 
 @kernel("inverse")
@@ -206,7 +254,19 @@ def _clip(a):
 
 @kernel("cast")
 def _cast(a):
-    return a.tensor("x").to(torch_dtype(a.str("dtype")))
+    x, dtype = a.tensor("x"), a.str("dtype")
+    want = torch_dtype(dtype)
+    if want.is_floating_point or want == torch.bool or x.dtype == torch.bool:
+        return x.to(want)
+    if x.is_floating_point():
+        # float -> int truncates towards zero (coremltools folds casts with NumPy's astype); a NaN, an
+        # infinity or a value outside the target's range has no documented result (torch and NumPy
+        # give whatever the CPU's conversion instruction gives)
+        if not bool(torch.isfinite(x).all()):
+            raise UnsupportedOpError(f"cast of NaN or infinity to {dtype}: Core ML's result is not documented")
+        return _narrow_int(torch.trunc(x.double()).clamp(-2.0 ** 62, 2.0 ** 62).to(torch.int64), want,
+                           f"cast to {dtype}")
+    return _narrow_int(x.to(torch.int64), want, f"cast to {dtype}")
 
 
 @kernel("leaky_relu")
@@ -375,49 +435,98 @@ def _conv_transpose(a):
     return out
 
 
+def _pool_size(size: int, k: int, s: int, before: int, after: int, ceil: bool) -> int:
+    """A pooled dimension's size as avg_pool documents it (max_pool and l2_pool refer to it)."""
+    total = size + before + after
+    if not ceil:
+        return (total - k) // s + 1
+    out = (total - k + s - 1) // s + 1
+    if (out - 1) * s >= size + before and before + after > 0:  # the last window starts in the end padding
+        out -= 1
+    return out
+
+
 def _pool_geometry(a, x: torch.Tensor):
+    """Per spatial dimension: kernel, stride, padding before and after, the overhang of ceil_mode's last
+    window past the padded input, and the output size."""
     n = x.dim() - 2
     kernel_sizes = a.ints("kernel_sizes")
     strides = a.ints("strides") or [1] * n
     before, after = _padding(a, list(x.shape[2:]), kernel_sizes, strides, [1] * n)
-    return n, kernel_sizes, strides, before, after, bool(a.bool("ceil_mode"))
+    ceil = bool(a.bool("ceil_mode"))
+    outs = [_pool_size(size, k, s, b, e, ceil)
+            for size, k, s, b, e in zip(x.shape[2:], kernel_sizes, strides, before, after)]
+    overhang = [max(0, (o - 1) * s + k - (size + b + e))
+                for o, size, k, s, b, e in zip(outs, x.shape[2:], kernel_sizes, strides, before, after)]
+    return kernel_sizes, strides, before, after, overhang, outs
 
 
-_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
-_AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+def _window_sums(t: torch.Tensor, k: list[int], s: list[int], outs: list[int]) -> torch.Tensor:
+    """Sum of `t` (already padded so that every window is whole) over each of the `outs` windows."""
+    squeeze = t.dim() == 3
+    if squeeze:  # avg_pool1d has no divisor_override: pool 1-D as 2-D with a height of 1
+        t, k, s = t.unsqueeze(2), [1, *k], [1, *s]
+    pool = F.avg_pool2d if t.dim() == 4 else F.avg_pool3d
+    sums = pool(t, k, s, padding=0, divisor_override=1)
+    if squeeze:
+        sums = sums.squeeze(2)
+    for axis, size in enumerate(outs, start=2):
+        sums = sums.narrow(axis, 0, size)
+    return sums
+
+
+def _pool_inputs(a, x: torch.Tensor):
+    """(windows, geometry, input count per window): `windows(t, pad, overhang_value)` pads `t` for pooling."""
+    k, s, before, after, overhang, outs = _pool_geometry(a, x)
+
+    def padded(t, pad_value, overhang_value):
+        t = _pad_spatial(t, before, after, pad_value)
+        return _pad_spatial(t, [0] * len(k), overhang, overhang_value)
+
+    ones = torch.ones((1, 1, *x.shape[2:]), dtype=torch.float32)
+    present = _window_sums(padded(ones, 0.0, 0.0), k, s, outs)  # input elements in each window
+    return padded, (k, s, outs), present
+
+
+def _refuse_empty_windows(present: torch.Tensor, what: str) -> None:
+    if bool((present == 0).any()):
+        raise UnsupportedOpError(f"a window that holds no input element (all padding, or a ceil_mode window past "
+                                 f"the input): Core ML's {what} of it is not documented")
 
 
 @kernel("max_pool")
 def _max_pool(a):
     x = _f(a.tensor("x"))
-    n, k, s, before, after, ceil = _pool_geometry(a, x)
-    return _MAX_POOL[n](_pad_spatial(x, before, after, -math.inf), k, s, padding=0, ceil_mode=ceil)
-
-
-def _window_mean(x: torch.Tensor, n: int, k, s, ceil: bool) -> torch.Tensor:
-    # With padding=0, windows that overhang the end (ceil_mode) are clipped, and torch divides by the
-    # clipped window's size; ratios of two such means cancel that divisor.
-    return _AVG_POOL[n](x, k, s, padding=0, ceil_mode=ceil, count_include_pad=True)
+    padded, (k, s, outs), present = _pool_inputs(a, x)
+    # Padding never wins: coremltools maps torch's max_pool2d(padding=p), whose padding is -inf, onto it
+    _refuse_empty_windows(present, "maximum")
+    pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[x.dim() - 2]
+    out = pool(padded(x, -math.inf, -math.inf), k, s, padding=0)
+    for axis, size in enumerate(outs, start=2):
+        out = out.narrow(axis, 0, size)
+    return out
 
 
 @kernel("avg_pool")
 def _avg_pool(a):
     x = _f(a.tensor("x"))
-    n, k, s, before, after, ceil = _pool_geometry(a, x)
-    mean = _window_mean(_pad_spatial(x, before, after), n, k, s, ceil)
-    if not a.bool("exclude_padding_from_average"):
-        return mean
-    real = _window_mean(_pad_spatial(torch.ones_like(x[:1, :1]), before, after), n, k, s, ceil)
-    return mean / real
+    padded, (k, s, outs), present = _pool_inputs(a, x)
+    sums = _window_sums(padded(x, 0.0, 0.0), k, s, outs)
+    if a.bool("exclude_padding_from_average"):
+        _refuse_empty_windows(present, "average (excluding padding)")
+        return sums / present
+    # ceil_mode "same as PyTorch's": padding counts in the divisor, the last window's overhang does not
+    ones = torch.ones((1, 1, *x.shape[2:]), dtype=torch.float32)
+    counted = _window_sums(padded(ones, 1.0, 0.0), k, s, outs)
+    _refuse_empty_windows(counted, "average")
+    return sums / counted
 
 
 @kernel("l2_pool")
 def _l2_pool(a):
     x = _f(a.tensor("x"))
-    n, k, s, before, after, ceil = _pool_geometry(a, x)
-    sums = _window_mean(_pad_spatial(x * x, before, after), n, k, s, ceil)
-    ones = _window_mean(_pad_spatial(torch.ones_like(x[:1, :1]), before, after, 1.0), n, k, s, ceil)
-    return torch.sqrt(sums / ones * float(np.prod(k)))
+    padded, (k, s, outs), _ = _pool_inputs(a, x)
+    return torch.sqrt(_window_sums(padded(x * x, 0.0, 0.0), k, s, outs))
 
 
 # --------------------------------------------------------------------------- normalization
@@ -495,19 +604,35 @@ _REDUCE = {
 }
 
 
+_INTEGER_EXACT = {"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_sum_square", "reduce_l1_norm"}
+
+
 @kernel(*_REDUCE)
 def _reduce(a):
     x = _f(a.tensor("x"))
+    op = a.op.op_type
     axes = a.ints("axes")
     dims = list(range(x.dim())) if axes is None else sorted(_axis(v, x.dim()) for v in axes)
-    if a.op.op_type == "reduce_prod":
+    integer = not x.is_floating_point()
+    if integer:
+        if op not in _INTEGER_EXACT | {"reduce_mean"}:
+            raise UnsupportedOpError(f"{op} of an int32 tensor: the result is not an integer, and how Core ML rounds "
+                                     "it to int32 is not documented")
+        x = x.to(torch.int64)  # exact; narrowed to int32 below, where an overflow is refused
+    if op == "reduce_prod":
         out = x
         for d in dims:
             out = out.prod(dim=d, keepdim=True)
+    elif op == "reduce_mean" and integer:
+        total, count = x.sum(dim=dims, keepdim=True), int(np.prod([x.shape[d] for d in dims]))
+        if bool((torch.remainder(total, count) != 0).any()):
+            raise UnsupportedOpError("reduce_mean of an int32 tensor with a remainder: how Core ML rounds the mean "
+                                     "is not documented")
+        out = torch.div(total, count, rounding_mode="trunc")
     else:
-        out = _REDUCE[a.op.op_type](x, dims)
-    if not x.is_floating_point() and out.dtype != x.dtype:
-        out = out.to(x.dtype)  # Core ML reduces int32 to int32 (torch promotes integer sums to int64)
+        out = _REDUCE[op](x, dims)
+    if integer:  # Core ML reduces int32 to int32 (torch promotes integer sums to int64)
+        out = _narrow_int(out, a.out_dtype(), op)
     if not a.bool("keep_dims"):
         for d in reversed(dims):
             out = out.squeeze(d)
@@ -518,7 +643,15 @@ def _reduce(a):
 def _reduce_arg(a):
     x = _f(a.tensor("x"))
     axis = _axis(a.int("axis") if a.has("axis") else -1, x.dim())
-    fn = torch.argmax if a.op.op_type == "reduce_argmax" else torch.argmin
+    op = a.op.op_type
+    if x.is_floating_point() and bool(torch.isnan(x).any()):
+        raise UnsupportedOpError(f"{op} over a NaN: Core ML's result is not documented")
+    best = (x.amax if op == "reduce_argmax" else x.amin)(dim=axis, keepdim=True)
+    if bool(((x == best).sum(dim=axis) > 1).any()):
+        raise UnsupportedOpError(f"{op} with a tie for the {'largest' if op == 'reduce_argmax' else 'smallest'} "
+                                 "value: Core ML documents that which of the tied indices it returns is not "
+                                 "guaranteed")
+    fn = torch.argmax if op == "reduce_argmax" else torch.argmin
     return fn(x, dim=axis, keepdim=bool(a.bool("keep_dims"))).to(a.out_dtype())
 
 
@@ -668,8 +801,8 @@ def _slice_by_index(a):
     squeeze_mask = a.bools("squeeze_mask") or [False] * rank
     index = []
     for d in range(rank):
-        if squeeze_mask[d]:
-            index.append(begin[d])
+        if squeeze_mask[d]:  # a pure index at begin[d], which begin_mask sets to 0
+            index.append(0 if begin_mask[d] else begin[d])
         else:
             index.append(slice(None if begin_mask[d] else begin[d], None if end_mask[d] else end[d], stride[d]))
     out = x.numpy()[tuple(index)]  # NumPy: negative strides and indices as in MIL
@@ -753,23 +886,43 @@ def _range_1d(a):
     return torch.arange(start.item(), end.item(), step.item(), dtype=a.out_dtype())
 
 
+def _checked_indices(a, size: int, axis_name: str) -> torch.Tensor:
+    """The op's indices along a dimension of `size`, negative ones wrapped where the opset allows them.
+
+    iOS15/iOS16 take ``-size <= i < size``; from iOS17 negative indices are out of bounds. Core ML's
+    result for an out-of-bounds index is undefined ("undefined but memory safe"), or an error where
+    ``validate_indices`` is set: both are refused here, naming the index.
+    """
+    indices = a.tensor("indices").to(torch.int64)
+    negative = a.opset() in ("iOS15", "iOS16")
+    low = -size if negative else 0
+    bad = (indices < low) | (indices >= size)
+    if bool(bad.any()):
+        allowed = f"{low}..{size - 1}"
+        where = f"index {int(indices[bad][0])} out of bounds for {axis_name} of size {size} ({a.opset()} allows " \
+                f"{allowed})"
+        if a.bool("validate_indices"):
+            raise IndexError(f"{where}: with validate_indices the Core ML runtime raises an error")
+        raise UnsupportedOpError(f"{where}: Core ML's result for it is undefined")
+    return torch.where(indices < 0, indices + size, indices)
+
+
 @kernel("gather")
 def _gather(a):
-    x, indices = a.tensor("x"), a.tensor("indices").to(torch.int64)
+    x = a.tensor("x")
     axis = _axis(a.int("axis") if a.has("axis") else 0, x.dim())
     if a.has("batch_dims") and a.int("batch_dims"):
         raise UnsupportedOpError("gather with batch_dims > 0")
-    indices = torch.where(indices < 0, indices + x.shape[axis], indices)
+    indices = _checked_indices(a, x.shape[axis], f"axis {axis}")
     out = x.index_select(axis, indices.reshape(-1))
     return out.reshape((*x.shape[:axis], *indices.shape, *x.shape[axis + 1:]))  # a scalar index drops the axis
 
 
 @kernel("gather_along_axis")
 def _gather_along_axis(a):
-    x, indices = a.tensor("x"), a.tensor("indices").to(torch.int64)
+    x = a.tensor("x")
     axis = _axis(a.int("axis") if a.has("axis") else 0, x.dim())
-    indices = torch.where(indices < 0, indices + x.shape[axis], indices)
-    return torch.gather(x, axis, indices)
+    return torch.gather(x, axis, _checked_indices(a, x.shape[axis], f"axis {axis}"))
 
 
 @kernel("pixel_shuffle")
