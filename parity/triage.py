@@ -356,6 +356,7 @@ def _in_artefact(run: CaseRun, fmt: str, backend: str, records: dict, modules: d
             first = row
     if first is None:
         return "", None
+    first = _parent_own_ops(first, got, records, modules, dict(run.eager.named_modules()), report, tol) or first
     # modules with no tensor of their own that ran (in eager) after the last module that still matched
     # and before the diverging one: the exporter folded them into its tensor
     order = list(records)
@@ -376,6 +377,64 @@ def _in_artefact(run: CaseRun, fmt: str, backend: str, records: dict, modules: d
     except Exception:
         pass  # a fixed-batch file cannot run one sample: batch dependence stays unknown
     return first.path, first
+
+
+def _parent_own_ops(first: ModuleRow, got, records: dict, modules: dict, eager: dict, report: TriageReport,
+                    tol) -> Optional[ModuleRow]:
+    """The enclosing module, when the first failing module's input had already diverged and was made by
+    that module's own ops (timm's BatchNormAct computes the BatchNorm in its own forward, then calls its
+    ``act`` child): the divergence starts there. The child's row is then its own error (the eager
+    child run on the artefact's input), and the parent's row follows it. None when that is not so."""
+    import torch
+
+    item = next((i for i in got.mapped if i.module == first.path and i.tensor == first.tensor), None)
+    args, kwargs, _ = records[first.path]
+    expected = _tensors(args)
+    if item is None or kwargs or not item.inputs or expected is None or len(expected) != len(args) \
+            or len(expected) != len(item.inputs):
+        return None
+    unused = list(item.inputs)
+    fed = []  # the artefact's tensor for each of eager's arguments, matched by shape
+    for arg in expected:
+        match = next((i for i in unused if tuple(i[1].shape) == tuple(arg.shape)), None)
+        if match is None:
+            return None
+        unused.remove(match)
+        fed.append(match)
+    parent, diverged = None, None
+    for arg, (name, value, scopes) in zip(expected, fed):
+        c = compare_outputs({"t": arg.detach().cpu().numpy()}, {"t": value}, lambda n: tol)[0]
+        if not c.passed and not c.vacuous:
+            made_in = scopes[-1] if scopes else ""
+            if made_in in records and first.path.startswith(made_in + "."):
+                parent, diverged = made_in, (name, c)
+            break
+    if parent is None:
+        return None
+    with torch.no_grad():  # a copy: an in-place or training-mode module changes itself or its input
+        local = _tensors(copy.deepcopy(eager[first.path])(*(torch.from_numpy(v.copy()) for _, v, _ in fed))) or []
+    own = next((t.detach().cpu().numpy() for t in local if tuple(t.shape) == tuple(item.value.shape)), None)
+    if own is None:
+        return None
+    c = compare_outputs({"t": own}, {"t": item.value}, lambda n: tol)[0]
+    failed = not c.passed and not c.vacuous
+    first.status, first.max_abs, first.rel_error, first.cosine, first.nonfinite = \
+        "fail" if failed else "pass", c.max_abs, c.scaled_error, c.cosine, c.nonfinite
+    first.detail = f"against eager run on the artefact's own input: {c.problem}" if failed else ""
+    name, c = diverged
+    row = ModuleRow(parent, type(modules[parent]).__name__ if parent in modules else "", "fail", max_abs=c.max_abs,
+                    rel_error=c.scaled_error, cosine=c.cosine, nonfinite=c.nonfinite, tensor=name,
+                    detail=f"its own ops' tensor {name}, read by {first.path}: {c.problem}")
+    mapped = next((i for i in got.mapped if i.module == parent), None)
+    if mapped is not None:  # the parent's own output, when it has one (batch dependence is read there)
+        out = next((t.detach().cpu().numpy() for t in _tensors(records[parent][2]) or []
+                    if tuple(t.shape) == tuple(mapped.value.shape)), None)
+        c = compare_outputs({"t": out}, {"t": mapped.value}, lambda n: tol)[0] if out is not None else None
+        if c is not None and not c.passed and not c.vacuous:
+            row = ModuleRow(parent, row.op, "fail", max_abs=c.max_abs, rel_error=c.scaled_error, cosine=c.cosine,
+                            nonfinite=c.nonfinite, tensor=mapped.tensor, detail=c.problem)
+    report.rows.insert(report.rows.index(first) + 1, row)
+    return row
 
 
 def write(report: TriageReport, path: Path) -> Path:

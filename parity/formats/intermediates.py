@@ -23,6 +23,8 @@ class Intermediate:
     op: str  # the op that produced it
     value: np.ndarray
     position: int  # the producing node's index (execution order)
+    #: the recorded tensors its nodes read from outside it, in order: (name, value, the producer's scopes)
+    inputs: list[tuple[str, np.ndarray, list[str]]] = field(default_factory=list)
 
 
 @dataclass
@@ -90,7 +92,11 @@ def collect(nodes: Sequence[Node], values: dict[str, np.ndarray], found: dict[st
             where = (node.scopes[-1] if node.scopes else "") or by_tensor.get(bad[0], "")
             result.first_nonfinite = f"node {node.name or bad[0]} ({node.op})" + (f" in {where}" if where else "")
             break
+    producer = {name: node for node in nodes for name in node.outputs}
     for module, (name, op, position) in sorted(found.items(), key=lambda kv: (kv[1][2], -kv[0].count("."))):
         if name in values:
-            result.mapped.append(Intermediate(module, name, op, np.asarray(values[name]), position))
+            entering = dict.fromkeys(i for node in nodes if module in node.scopes for i in node.inputs
+                                     if floating(i) and i in producer and module not in producer[i].scopes)
+            result.mapped.append(Intermediate(module, name, op, np.asarray(values[name]), position,
+                                              [(i, np.asarray(values[i]), producer[i].scopes) for i in entering]))
     return result

@@ -15,6 +15,7 @@ TORCHSCRIPT = FormatInfo(
     install="pip install 'parity[torch]'",
     exporter_options=("method",),
     linter=f"{_P}.lint:lint",
+    intermediates=f"{_P}.intermediates:intermediates",
     distributions=("torch",),
     order=10,
 )

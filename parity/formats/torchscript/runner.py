@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -15,6 +16,19 @@ import torch
 from parity.frameworks.torch_tensors import flatten_outputs, to_torch
 from parity.formats.base import Runner
 from parity.frameworks.torch_tensors import cuda_unavailable_reason
+
+
+def load_module(path: Path, backend: str) -> torch.jit.ScriptModule:
+    """The TorchScript module saved at `path`, its tensors on `backend`."""
+    try:
+        return torch.jit.load(str(path), map_location=backend)
+    except RuntimeError as e:
+        # a program calling a library's registered ops (torchvision::nms) needs the library imported
+        library = re.search(r"Unknown builtin op: (\w+)::", str(e))
+        if library is None or importlib.util.find_spec(library.group(1)) is None:
+            raise
+        importlib.import_module(library.group(1))
+        return torch.jit.load(str(path), map_location=backend)
 
 
 class TorchScriptRunner(Runner):
@@ -29,15 +43,7 @@ class TorchScriptRunner(Runner):
         return f"torch {torch.__version__} TorchScript on {self.backend}"
 
     def activate_impl(self) -> None:
-        try:
-            self.module = torch.jit.load(str(self.artefact.path), map_location=self.backend)
-        except RuntimeError as e:
-            # a program calling a library's registered ops (torchvision::nms) needs the library imported
-            library = re.search(r"Unknown builtin op: (\w+)::", str(e))
-            if library is None or importlib.util.find_spec(library.group(1)) is None:
-                raise
-            importlib.import_module(library.group(1))
-            self.module = torch.jit.load(str(self.artefact.path), map_location=self.backend)
+        self.module = load_module(self.artefact.path, self.backend)
 
     def infer_impl(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         with torch.inference_mode():
