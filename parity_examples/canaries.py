@@ -37,3 +37,29 @@ class MaskedSoftmax(nn.Module):
 
 def masked_softmax() -> nn.Module:
     return MaskedSoftmax().eval()
+
+
+class LogSoftmax(nn.Module):
+    """Log-probabilities of confident logits (gaps of tens between classes, as a trained classifier's)."""
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(logits, dim=-1)
+
+
+def log_softmax() -> nn.Module:
+    return LogSoftmax().eval()
+
+
+class Variance(nn.Module):
+    """The variance over the last axis with ``correction=2`` (divide by N - 2)."""
+
+    def __init__(self, correction: int = 2) -> None:
+        super().__init__()
+        self.correction = correction
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.var(x, dim=-1, correction=self.correction, keepdim=True)
+
+
+def variance(correction: int = 2) -> nn.Module:
+    return Variance(correction).eval()
