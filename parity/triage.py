@@ -367,15 +367,22 @@ def _in_artefact(run: CaseRun, fmt: str, backend: str, records: dict, modules: d
     report.fused_with = [m for m in order[after + 1:index[first.path]]
                          if m in tensorless and not first.path.startswith(m + ".")
                          and not any(o.startswith(m + ".") for o in order)]  # leaves only
-    try:  # the same module's tensor for the first sample run alone: does the artefact mix samples there?
-        alone = read(path, {k: v[:1] for k, v in feeds.items()}, backend, set(records))
-        solo = next((i.value for i in alone.mapped if i.tensor == first.tensor), None)
-        together = next(i.value for i in got.mapped if i.tensor == first.tensor)
-        if solo is not None and solo.shape[1:] == together.shape[1:]:
-            c = compare_outputs({"t": together[:1]}, {"t": solo}, lambda n: tol)[0]
-            first.batch_dependent = not c.passed and not c.vacuous
+    # Does the artefact mix samples there? The same batch again with every other sample replaced by a copy
+    # of the first: the first sample's tensor is what it would be alone for any op that reduces over the
+    # batch, and the batch size is the file's, so a fixed-batch artefact (TFLite) runs it too.
+    try:
+        import numpy as np
+
+        if size > 1:
+            copies = {k: np.repeat(v[:1], v.shape[0], axis=0) for k, v in feeds.items()}
+            again = read(path, copies, backend, set(records))
+            solo = next((i.value for i in again.mapped if i.tensor == first.tensor), None)
+            together = next(i.value for i in got.mapped if i.tensor == first.tensor)
+            if solo is not None and solo.shape == together.shape:
+                c = compare_outputs({"t": together[:1]}, {"t": solo[:1]}, lambda n: tol)[0]
+                first.batch_dependent = not c.passed and not c.vacuous
     except Exception:
-        pass  # a fixed-batch file cannot run one sample: batch dependence stays unknown
+        pass  # the artefact could not run the batch again: batch dependence stays unknown
     return first.path, first
 
 

@@ -19,6 +19,7 @@ TFLITE = FormatInfo(
     exporter_options=("layout",),
     static_batch=True,  # litert-torch exports a static batch only (a dynamic batch export fails)
     inspector=f"{_P}.runner:inspect",
+    intermediates=f"{_P}.intermediates:intermediates",  # triage reads litert-torch's own tensors
     linter=f"{_P}.lint:lint",
     routes=(("keras", keras_route(f"{_P}.keras:tflite", distributions=("ai-edge-litert",))),),
     distributions=("torch", "litert-torch", "ai-edge-litert"),
@@ -34,7 +35,7 @@ FORMATS = [
     TFLITE,
     # another route to the same format: parity's ONNX export, then onnx2tf (opt-in: a case lists it)
     TFLITE.variant("tflite_onnx2tf", f"{_P}.onnx2tf_export:export", "fp32", order=45, opt_in=True,
-                   exporter_options=("opset",),
+                   exporter_options=("opset", "dynamic_batch"), intermediates="",  # onnx2tf's names carry no module locations
                    requires=("torch", "onnx", "onnxscript", "onnx2tf", "tf_keras", "onnx_graphsurgeon", "sng4onnx",
                              "psutil", "ai_edge_litert"),
                    install=ONNX2TF_INSTALL,
