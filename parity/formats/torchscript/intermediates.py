@@ -98,6 +98,9 @@ def intermediates(path: Path, feeds: dict[str, np.ndarray], backend: str, known_
     returned = list(graph.outputs())
     graph_outputs = {name for v in returned for name in _sources(v)}
     found, unmapped = module_tensors(nodes, graph_outputs, known_modules)
+    # a known module with no op in the graph at all (an Identity, a forward that returns its input)
+    scoped = {s for node in nodes for s in node.scopes}
+    unmapped = sorted({*unmapped, *(m for m in known_modules if m not in scoped and m not in found)})
 
     packed = graph.create("prim::ListConstruct", [c for _, c in kept], 1)
     packed.output().setType(torch._C.ListType.ofTensors())
