@@ -375,6 +375,10 @@ OPS: list[Op] = [
        lambda x: F.pixel_shuffle(x, 2)),
     Op("pixel_unshuffle", {"x": rand(2, 2, 4, 6)}, lambda x: mb.pixel_unshuffle(x=x, downscale_factor=np.uint32(2)),
        lambda x: F.pixel_unshuffle(x, 2), opset=ct.target.iOS16),
+    Op("gather_nd", {"x": rand(4, 5, 3), "i": np.array([[[3, 1], [0, 4]], [[2, 2], [1, 0]]], np.int32)},
+       lambda x, i: mb.gather_nd(x=x, indices=i), lambda x, i: x[i[..., 0].long(), i[..., 1].long()]),
+    Op("softplus_parametric", {"x": X4}, lambda x: mb.softplus_parametric(x=x, alpha=GAMMA, beta=BETA),
+       lambda x: T(GAMMA).reshape(1, -1, 1, 1) * torch.log1p(torch.exp(T(BETA).reshape(1, -1, 1, 1) * x))),
 ]
 
 def _ifoz(w):

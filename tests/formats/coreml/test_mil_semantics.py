@@ -385,3 +385,33 @@ def test_fp16_floor_div_floors_the_fp16_quotient():
     assert got.dtype == np.float16
     np.testing.assert_array_equal(got, np.array([10, 20], np.float16))
     assert np.floor(np.float32(x[0]) / np.float32(y[0])) == 9
+
+
+# ---------------------------------------------------------------------------------- gather_nd, softplus_parametric
+
+
+@pytest.mark.parametrize("opset", [None, ct.target.iOS17])
+def test_gather_nd_refuses_negative_and_past_the_end_indices(opset):
+    """gather_nd documents no negative indices (iOS17: out of bounds); torch's advanced indexing wraps them."""
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(evaluate(lambda x, i: mb.gather_nd(x=x, indices=i), x, i32(2, 3, 0, 1).reshape(2, 2),
+                                           opset=opset), f32(11, 1))
+    message = refused(lambda x, i: mb.gather_nd(x=x, indices=i), x, i32(0, 1, 1, -1).reshape(2, 2), opset=opset)
+    assert "(gather_nd)" in message and "index -1 out of bounds for axis 1 of size 4" in message
+    assert "index 3 out of bounds for axis 0" in refused(lambda x, i: mb.gather_nd(x=x, indices=i), x,
+                                                         i32(3, 0).reshape(1, 2), opset=opset)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")  # coremltools' folding at x = 60
+def test_softplus_parametric_is_per_channel_and_finite_for_large_inputs():
+    """alpha_i * log(1 + e^(beta_i * x)) along axis 1, as coremltools folds it; e^(beta * x) overflowing fp32
+    does not make it inf."""
+    x = np.array([-3.0, 0.0, 2.0, 60.0], np.float32).reshape(1, 1, 4).repeat(2, axis=1)
+    alpha, beta = f32(0.5, 2.0), f32(1.0, 3.0)
+    build = lambda x: mb.softplus_parametric(x=x, alpha=alpha, beta=beta)  # noqa: E731
+    got = evaluate(build, x)
+    exact = alpha.reshape(1, 2, 1).astype(np.float64) * np.log1p(np.exp(beta.reshape(1, 2, 1) * x[:, :, :3]))
+    np.testing.assert_allclose(got[:, :, :3], exact, rtol=1e-6)
+    # coremltools folds in fp32 as log(1 + e^z): 1 + e^-9 loses digits there, hence the looser match
+    np.testing.assert_allclose(got[:, :, :3], folded(build, x)[:, :, :3].astype(np.float32), rtol=1e-3)
+    np.testing.assert_allclose(got[0, :, 3], [0.5 * 60.0, 2.0 * 180.0], rtol=1e-6)

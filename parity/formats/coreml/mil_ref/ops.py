@@ -324,6 +324,14 @@ def _prelu(a):
     return torch.where(x > 0, x, x * alpha.reshape(1, -1, *([1] * (x.dim() - 2))))
 
 
+@kernel("softplus_parametric")
+def _softplus_parametric(a):
+    x = _f(a.tensor("x"))
+    alpha, beta = _channel(a.tensor("alpha"), x.dim()), _channel(a.tensor("beta"), x.dim())
+    # alpha_i * log(1 + e^(beta_i * x)), with log(1 + e^z) evaluated as logaddexp(0, z): no overflow at large z
+    return alpha * torch.logaddexp(torch.zeros(()), beta * x)
+
+
 @kernel("softmax")
 def _softmax(a):
     return torch.softmax(_f(a.tensor("x")), dim=a.int("axis"))
@@ -923,6 +931,27 @@ def _gather_along_axis(a):
     x = a.tensor("x")
     axis = _axis(a.int("axis") if a.has("axis") else 0, x.dim())
     return torch.gather(x, axis, _checked_indices(a, x.shape[axis], f"axis {axis}"))
+
+
+@kernel("gather_nd")
+def _gather_nd(a):
+    x, indices = a.tensor("x"), a.tensor("indices").to(torch.int64)
+    if a.has("batch_dims") and a.int("batch_dims"):
+        raise UnsupportedOpError("gather_nd with batch_dims > 0")
+    depth = indices.shape[-1]
+    sizes = torch.tensor(x.shape[:depth], dtype=torch.int64)
+    # gather_nd documents no negative indices (from iOS17 they are out of bounds): only 0 <= i < size
+    bad = (indices < 0) | (indices >= sizes)
+    if bool(bad.any()):
+        position = [int(v) for v in bad.nonzero()[0]]
+        axis = position[-1]
+        where = f"index {int(indices[tuple(position)])} out of bounds for axis {axis} of size {x.shape[axis]}"
+        if a.bool("validate_indices"):
+            raise IndexError(f"{where}: with validate_indices the Core ML runtime raises an error")
+        raise UnsupportedOpError(f"{where}: Core ML documents only 0 <= index < size, the result for it is undefined")
+    flat = indices.reshape(-1, depth)
+    out = x[tuple(flat[:, d] for d in range(depth))]
+    return out.reshape((*indices.shape[:-1], *x.shape[depth:]))
 
 
 @kernel("pixel_shuffle")
