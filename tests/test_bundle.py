@@ -63,7 +63,7 @@ def onnx_external_export(model, example_inputs, path):
 def builtin_export(model, example_inputs, path):
     """The bug, then parity's own exporter for the file's suffix."""
     perturb(model)
-    fmt = {"pt": "torchscript", "pt2": "pt2"}[str(path).rsplit(".", 1)[-1]]
+    fmt = {"pt": "torchscript", "pt2": "pt2", "tflite": "tflite", "mlpackage": "coreml"}[str(path).rsplit(".", 1)[-1]]
     exporter = importlib.import_module(f"parity.formats.{fmt}.export").export
     extra = {"batch_sizes": [example_inputs[0].shape[0]]} if fmt == "pt2" else {}
     return exporter(model, example_inputs, path, input_names=["input0"], output_names=["output0"], **extra)
@@ -73,12 +73,14 @@ CASE = """
 model: {factory: 'bundle_models:net'}
 inputs: {x: {shape: [3, 8, 8]}}
 batch_sizes: [1, 3]
-formats: [onnx, torchscript, pt2]
-backends: [cpu]
+formats: [onnx, torchscript, pt2, tflite, coreml]
+backends: [cpu, mil-ref]
 export:
   onnx: {function: 'bundle_models:onnx_external_export'}
   torchscript: {function: 'bundle_models:builtin_export'}
   pt2: {function: 'bundle_models:builtin_export'}
+  tflite: {function: 'bundle_models:builtin_export'}
+  coreml: {function: 'bundle_models:builtin_export'}
 """
 
 
@@ -273,3 +275,32 @@ def test_model_explorer_node_data_needs_an_artefact_read_tensor_by_tensor(plante
     with pytest.raises(BundleError, match="needs triage rows read from an ONNX artefact's own tensors"):
         write_node_data(report, planted[2], "tflite", tmp_path / "n.json")
     assert not (tmp_path / "n.json").exists()
+
+
+@pytest.mark.parametrize("fmt, backend", [("tflite", "cpu"), ("coreml", "mil-ref")])
+def test_tflite_and_coreml_bundles_carry_a_script_for_their_own_runtime(planted, fmt, backend, tmp_path,
+                                                                        tmp_path_factory):
+    """The whole artefact (one per batch size for TFLite: the one that ran; the .mlpackage directory for
+    Core ML), with a script for the LiteRT interpreter, or for coremltools' predict, which needs macOS."""
+    from parity.triage import ModuleRow, TriageReport
+
+    run = planted[2]
+    report = TriageReport("planted", fmt, backend, first_divergence="mid.2", op="Conv2d",
+                          summary="first divergence: mid.2 (Conv2d), computes something else than eager",
+                          rows=[ModuleRow("mid.2", "Conv2d", "fail", max_abs=0.01, rel_error=0.02)])
+    out = write_bundle(report, run, fmt, backend, tmp_path / "bundle")
+    artefact = run.artefact(fmt).path_for(3)
+    assert (out / artefact.name).exists() and (out / artefact.name).is_dir() == (fmt == "coreml")
+    readme = (out / "README.txt").read_text()
+    assert "first divergence: mid.2" in readme and "outside tolerance" in readme
+    result = run_script(out, tmp_path_factory.mktemp("home"))
+    if fmt == "tflite":
+        assert result.returncode == 1 and "MISMATCH" in result.stdout, result.stdout + result.stderr
+        assert "LiteRT interpreter" in result.stdout
+        measured = readme.split("Measured on the bundled artefact")[1]  # by parity's runner, on the same file
+        measured = float(measured.split("max abs error ")[1].split()[0])
+        assert float(result.stdout.split("max abs error ")[1].split()[0]) == pytest.approx(measured, rel=1e-5)
+    elif sys.platform != "darwin":
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "Core ML's runtime runs on macOS only" in result.stdout and "MLModel.predict" in result.stdout
+        assert "macOS" in readme and "MIL reference evaluator" in readme
