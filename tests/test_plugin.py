@@ -424,3 +424,28 @@ def pytest_runtest_setup(item):
     assert lines["test_parity[a-onnx-cpu-determinism]"] == "a"  # kept across the checks of one case
     assert lines["test_parity[b-onnx-cpu-parity]"] == ""          # a's runs were freed
     assert lines["test_parity[b-onnx-cpu-determinism]"] == "b"
+
+
+def test_a_canary_that_passes_says_the_upstream_fix_arrived_everywhere(suite, case_dir, pytester):
+    """A canary whose model is fine (as when the pinned runtime gets the fix): the strict XPASS fails the
+    run, and pytest's line, the record, the Markdown summary and the HTML report all say the upstream fix
+    arrived and the xfail can go, naming the thread; a plain xfail case that passes does not say so."""
+    body = SMALL_CASE.replace("formats: [torchscript, onnx]", "formats: [torchscript]") + "checks: [parity]\n"
+    thread = "https://github.com/microsoft/onnxruntime/issues/12098"
+    write_case(case_dir / "canaries", "fixed", body.replace("models:small", "parity_examples.zoo:tiny_cnn")
+               .replace("shape: [3, 8, 8]", "shape: [3, 32, 32]")
+               + f"xfail: the runtime picks the wrong sample\ncanary: {{upstream: '{thread}', fixed_in: 'ort 9'}}\n")
+    write_case(case_dir, "plain", body + "xfail: a known limit\n")
+    summary, html = pytester.path / "s.md", pytester.path / "r.html"
+    result, records = suite("--parity-summary", str(summary), "--parity-html", str(html))
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    arrived = f"upstream fix arrived: the bug of {thread}, fixed in ort 9, no longer reproduces on this stack; " \
+        "remove the xfail of fixed.yaml"
+    assert "[XPASS(strict)] the runtime picks the wrong sample [canary; if this passes, the " + arrived in out
+    assert "[XPASS(strict)] a known limit" in out
+    record = by_id(records)["fixed-torchscript-cpu-parity"]
+    assert record["message"].startswith(arrived) and record["canary"] == {"upstream": thread, "fixed_in": "ort 9"}
+    assert "upstream fix arrived" not in by_id(records)["plain-torchscript-cpu-parity"]["message"]
+    assert arrived in summary.read_text() and arrived in html.read_text()
+    assert summary.read_text().count("upstream fix arrived") == 1

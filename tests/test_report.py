@@ -389,3 +389,11 @@ def test_a_triaged_failure_shows_its_error_by_module_curve():
     curve = curve[:curve.index("</svg>")]
     assert "<title>fc: 0.009</title>" in curve and "head" not in curve  # the errored row is no point
     assert "tolerance 1e-4" in curve
+
+
+def test_plural_counts_read_as_english():
+    from parity.report.run import Run
+
+    records = [{"case": "c", "format": "onnx", "backend": "cpu", "check": k, "status": s, "xfail": x}
+               for k, s, x in (("a", "passed", "r"), ("b", "passed", "r"), ("c", "error", None), ("d", "error", None))]
+    assert Run(records).summary_line() == "parity: 4 failed (2 errors, 2 strict xpasses)"

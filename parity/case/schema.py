@@ -271,7 +271,7 @@ class Canary(_Strict):
 
     def arrived(self, path: str = "") -> str:
         """What an XPASS of this canary means, and what to do: one line."""
-        fixed = f", fixed in {self.fixed_in}" if self.fixed_in else ""
+        fixed = f", fixed in {self.fixed_in}," if self.fixed_in else ""
         where = f" of {Path(path).name}" if path else ""
         return (f"upstream fix arrived: the bug of {self.upstream}{fixed} no longer reproduces on this stack; "
                 f"remove the xfail{where} (and keep the case as a regression test, or delete it)")

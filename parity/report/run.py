@@ -241,8 +241,8 @@ class Run:
         parts = []
         failed = sum(c.get(o, 0) for o in FAILING)
         if failed:
-            detail = ", ".join(f"{c[o]} {'error' if o == 'error' else 'strict xpass'}{'s' if c[o] > 1 else ''}"
-                               for o in ("error", "xpassed") if c.get(o))
+            words = {"error": ("error", "errors"), "xpassed": ("strict xpass", "strict xpasses")}
+            detail = ", ".join(f"{c[o]} {words[o][c[o] > 1]}" for o in ("error", "xpassed") if c.get(o))
             parts.append(("failed", f"{failed} failed" + (f" ({detail})" if detail else "")))
         passed = c.get("passed", 0) + c.get("drifting", 0)
         if passed:
