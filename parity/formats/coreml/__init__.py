@@ -21,6 +21,7 @@ COREML = FormatInfo(
     suffix=".mlpackage",
     backends=("mil-ref", "cpu", "gpu", "ane"),
     oracles=(("mil-ref", "reference"),),  # parity's MIL evaluator: the program's ops as documented
+    intermediates=f"{_P}.intermediates:intermediates",  # every op's output from the MIL evaluator, one run
     requires=("torch", "coremltools"),
     install="pip install 'parity[coreml]'",
     exporter_options=("minimum_deployment_target",),

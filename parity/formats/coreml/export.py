@@ -46,6 +46,8 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
     """
     import coremltools as ct
 
+    from parity.formats.coreml import scopes
+
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     target = deployment_target(minimum_deployment_target)
@@ -74,8 +76,10 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
             traced = torch.export.export(model, traced_inputs,
                                          dynamic_shapes=torch_dynamic_shapes(traced_inputs, dynamic_axes))
             traced = traced.run_decompositions({})
+            handles = scopes.number_nodes(traced)
         elif route == "trace":
             traced = torch.jit.trace(model, traced_inputs, check_trace=False)
+            handles = None
         else:
             raise ValueError(f"route must be trace or export, got {route!r}")
         try:
@@ -88,6 +92,7 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
                 raise RuntimeError(f"coremltools: {'; '.join(errors)}: {type(e).__name__}: {e}") from e
             raise
         mlmodel.save(str(path))
+        scopes.record(mlmodel, path, "torch.jit.trace" if route == "trace" else "torch.export", handles)
     messages = sorted({str(w.message).splitlines()[0] for w in caught
                        if not issubclass(w.category, (DeprecationWarning, ResourceWarning))
                        and "deprecat" not in str(w.message).lower() and "has not been tested" not in str(w.message)})

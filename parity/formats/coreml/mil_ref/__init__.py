@@ -21,7 +21,7 @@ Imports coremltools (which imports TensorFlow: triton is loaded first) and torch
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import parity._triton_first  # noqa: F401  (coremltools imports tensorflow)
 import numpy as np
@@ -104,8 +104,13 @@ class Evaluator:
     def input_dtype(self, name: str) -> np.dtype:
         return np.dtype(self._types.nptype_from_builtin(self.function.inputs[name].dtype))
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Evaluate the function. `inputs` go by name; each is cast to the dtype the program declares."""
+    def run(self, inputs: dict[str, np.ndarray],
+            record: Optional[Callable[[Any, dict[str, torch.Tensor]], None]] = None) -> dict[str, np.ndarray]:
+        """Evaluate the function. `inputs` go by name; each is cast to the dtype the program declares.
+
+        `record`, when given, is called after each op of the function's block (``const`` ops excepted)
+        as ``record(op, {output name: value})`` with the values as the program stores them: every
+        intermediate tensor in one run."""
         missing = [n for n in self.function.inputs if n not in inputs]
         if missing:
             raise ValueError(f"missing input(s) {missing}; the program takes {self.input_names}")
@@ -133,6 +138,8 @@ class Evaluator:
                                          f"declares {len(op.outputs)}")
             for var, value in zip(op.outputs, results):
                 env[var.name] = self._conform(var, value, symbols, f"op {op.name!r} ({op.op_type})")
+            if record is not None:
+                record(op, {var.name: env[var.name] for var in op.outputs})
         return {v.name: _to_numpy(env[v.name]) for v in self.function.outputs}
 
     def _conform(self, var, value, symbols: dict, where: str):
