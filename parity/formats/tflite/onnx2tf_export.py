@@ -4,7 +4,7 @@ onnx2tf rebuilds the ONNX graph as a Keras (tf_keras) model, transposing it to c
 goes, and writes it through ``tf.lite.TFLiteConverter``: a second, independent way to TFLite beside
 litert-torch, and the one many deployment pipelines use. It runs in-process through its Python API
 (``onnx2tf.convert``), writing into a scratch folder inside the artefact's own folder that is removed
-afterwards; only ``model_float32.tflite`` is kept (as the artefact), and onnx2tf's console output is
+afterwards; only its float32 .tflite is kept (as the artefact), and onnx2tf's console output is
 captured (its errors become the exception's message).
 
 Layout: every input of rank 3 or more is kept channels-first (``keep_ncw_or_nchw_or_ncdhw_input_names``)
@@ -44,10 +44,19 @@ _ERROR_LINE = re.compile(r"^\s*ERROR:\s*(.*\S)")
 
 
 def export(model, example_inputs: tuple, path: Path, *, input_names: list[str], output_names: list[str],
-           opset: int = 18) -> dict:
-    """Export `model` to ONNX with parity's ONNX exporter (dynamo, dynamic batch, `opset`), then convert
-    that file with :func:`convert` into the fp32 .tflite at `path`. The ONNX file lives only in the
-    scratch folder of the conversion."""
+           opset: int = 18, dynamic_batch: bool = False) -> dict:
+    """Export `model` to ONNX with parity's ONNX exporter (dynamo, `opset`), then convert that file
+    with :func:`convert` into the fp32 .tflite at `path`. The ONNX file lives only in the scratch
+    folder of the conversion.
+
+    The ONNX file's dynamic batch is pinned to the batch size of `example_inputs` first
+    (:func:`pin_batch`), as onnx2tf's own advice for dynamic inputs goes (its ``-b``): onnx2tf takes
+    the exporter's symbolic sizes in ``value_info`` literally, and a ConvTranspose then fails to
+    convert ("Expected int32 ... got ['s77', 18, 18, 16]"; layer_zoo), even with its ``batch_size``
+    option. The engine then checks whether the artefact resizes to the case's other batch sizes and
+    converts once per batch size where it does not. ``dynamic_batch: true`` converts the batch as
+    exported, dynamic (-1 in the .tflite).
+    """
     from parity.formats.onnx.export import export as onnx_export
 
     scratch = Path(tempfile.mkdtemp(prefix=".onnx2tf-", dir=path.parent))
@@ -55,11 +64,30 @@ def export(model, example_inputs: tuple, path: Path, *, input_names: list[str], 
         onnx_path = scratch / "model.onnx"
         onnx_meta = onnx_export(model, example_inputs, onnx_path, input_names=input_names, output_names=output_names,
                                 opset=opset)
+        batch = None if dynamic_batch else int(example_inputs[0].shape[0])
+        if batch is not None:
+            pin_batch(onnx_path, batch)
         metadata = convert(onnx_path, path, input_names=input_names)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     onnx_step = {k: onnx_meta[k] for k in ("exporter", "opset_written", "torch", "onnx") if k in onnx_meta}
-    return {**metadata, "onnx_step": onnx_step, "warnings": onnx_meta.get("warnings", []) + metadata["warnings"]}
+    return {**metadata, "onnx_step": {**onnx_step, "batch": "dynamic" if batch is None else f"pinned to {batch}"},
+            "warnings": onnx_meta.get("warnings", []) + metadata["warnings"]}
+
+
+def pin_batch(onnx_path: Path, batch: int) -> None:
+    """Rewrite the ONNX file at `onnx_path` with dimension 0 of every graph input and output that is
+    not a number set to `batch`, and its shapes inferred again from there (the symbolic ones dropped)."""
+    import onnx
+
+    proto = onnx.load(str(onnx_path))
+    for value in [*proto.graph.input, *proto.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) and not dims[0].HasField("dim_value"):
+            dims[0].Clear()
+            dims[0].dim_value = batch
+    del proto.graph.value_info[:]
+    onnx.save(onnx.shape_inference.infer_shapes(proto, data_prop=True), str(onnx_path))
 
 
 def convert(onnx_path: Path, path: Path, *, input_names: Optional[list[str]] = None) -> dict:
@@ -96,9 +124,9 @@ def convert(onnx_path: Path, path: Path, *, input_names: Optional[list[str]] = N
                               if _ERROR_LINE.match(_strip(line))]
                     said = "; ".join(dict.fromkeys(errors)) or f"{type(e).__name__}: {e}"
                     raise RuntimeError(f"onnx2tf {_version('onnx2tf')}: {said}") from None
-        written = scratch / "model_float32.tflite"
+        written = scratch / f"{Path(onnx_path).stem}_float32.tflite"  # onnx2tf names it after the ONNX file
         if not written.exists():
-            raise RuntimeError(f"onnx2tf {_version('onnx2tf')} wrote no model_float32.tflite "
+            raise RuntimeError(f"onnx2tf {_version('onnx2tf')} wrote no {written.name} "
                                f"(it wrote: {', '.join(sorted(p.name for p in scratch.iterdir())) or 'nothing'})")
         shutil.move(str(written), str(path))
     finally:
@@ -106,7 +134,7 @@ def convert(onnx_path: Path, path: Path, *, input_names: Optional[list[str]] = N
     declared = getattr(keras_model, "onnx_output_layouts", None) or {}
     warned = [_strip(line).split("WARNING:", 1)[1].strip() for line in log.getvalue().splitlines()
               if "WARNING:" in _strip(line)]
-    return {"exporter": "onnx2tf.convert (ONNX -> tf_keras -> TFLiteConverter), model_float32.tflite",
+    return {"exporter": "onnx2tf.convert (ONNX -> tf_keras -> TFLiteConverter), the float32 .tflite",
             "onnx2tf": _version("onnx2tf"), "tensorflow": _version("tensorflow-cpu", "tensorflow"),
             "kept_channels_first": keep,
             "layout_declared": {"inputs": {n: "as the case" for n in keep},
