@@ -415,3 +415,35 @@ def test_softplus_parametric_is_per_channel_and_finite_for_large_inputs():
     # coremltools folds in fp32 as log(1 + e^z): 1 + e^-9 loses digits there, hence the looser match
     np.testing.assert_allclose(got[:, :, :3], folded(build, x)[:, :, :3].astype(np.float32), rtol=1e-3)
     np.testing.assert_allclose(got[0, :, 3], [0.5 * 60.0, 2.0 * 180.0], rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------- numerics that agree with torch
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy's warnings from coremltools' folding of 0^-1, (-8)^(1/3)
+def test_pow_edge_cases_match_coremltools_folding():
+    """0^0 = 1, a negative base to a fractional power is NaN, 0 to a negative power is inf: as NumPy and torch."""
+    x, y = f32(0.0, -8.0, 0.0, -2.0, 4.0), f32(0.0, 1 / 3, -1.0, 3.0, 0.5)
+    got = evaluate(lambda x, y: mb.pow(x=x, y=y), x, y)
+    np.testing.assert_array_equal(got, f32(1.0, np.nan, np.inf, -8.0, 2.0))
+    np.testing.assert_array_equal(got, folded(lambda x, y: mb.pow(x=x, y=y), x, y))
+
+
+@pytest.mark.parametrize("build", [
+    lambda x: mb.layer_norm(x=x, axes=[-1], epsilon=1.0), lambda x: mb.instance_norm(x=x, epsilon=1.0),
+], ids=["layer_norm", "instance_norm"])
+def test_norm_epsilon_is_added_to_the_biased_variance_under_the_root(build):
+    """(x - mean) / sqrt(var + eps), var biased: a large epsilon makes any other placement visible."""
+    x = np.array([0.0, 1.0, 2.0, 5.0], np.float32).reshape(1, 1, 4)
+    got = evaluate(build, x)
+    want = (x - x.mean()) / np.sqrt(x.var() + 1.0)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert not np.allclose(got, (x - x.mean()) / (x.std() + 1.0))
+
+
+def test_softmax_and_reduce_log_sum_exp_are_stable_at_large_inputs():
+    x = f32(1000.0, 1001.0, -1000.0)
+    soft = evaluate(lambda x: mb.softmax(x=x, axis=0), x)
+    np.testing.assert_allclose(soft, folded(lambda x: mb.softmax(x=x, axis=0), x), rtol=1e-6)
+    lse = evaluate(lambda x: mb.reduce_log_sum_exp(x=x, axes=[0]), x)
+    np.testing.assert_allclose(lse, 1001.0 + np.log1p(np.exp(-1.0)), rtol=1e-6)

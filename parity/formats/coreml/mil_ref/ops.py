@@ -3,10 +3,12 @@
 Each kernel takes the op's inputs (an ``_Args``) and returns its result(s). The evaluator rounds a
 floating-point result to the dtype the program declares for it (fp16 in an fp16 program), so every
 intermediate tensor is stored in the program's precision; inside one op, sums accumulate in fp32.
-Semantics follow coremltools' op documentation (``coremltools.converters.mil.mil.ops.defs``);
-where it leaves a variant's semantics open (fractional nearest-neighbour scales, ``same`` padding of a
-transposed convolution, vector palettization...) the kernel raises :class:`UnsupportedOpError`
-rather than guess.
+Semantics follow coremltools' op documentation (``coremltools.converters.mil.mil.ops.defs``), not
+torch's where the two differ (docs/formats.md lists each difference); where the documentation is
+silent, coremltools' constant folding (``value_inference``) decides. Where it leaves a variant's
+semantics open (fractional nearest-neighbour scales, ``same`` padding of a transposed convolution,
+vector palettization...) or an input's result undefined (int32 overflow, an out-of-bounds index, an
+argmax tie...) the kernel raises :class:`UnsupportedOpError` rather than guess.
 """
 
 from __future__ import annotations
@@ -484,7 +486,11 @@ def _window_sums(t: torch.Tensor, k: list[int], s: list[int], outs: list[int]) -
 
 
 def _pool_inputs(a, x: torch.Tensor):
-    """(windows, geometry, input count per window): `windows(t, pad, overhang_value)` pads `t` for pooling."""
+    """(padded, (kernel, strides, output sizes), input elements per window) for a pooling op on `x`.
+
+    ``padded(t, pad_value, overhang_value)`` pads `t` with the op's padding and, past it, with the
+    overhang that makes ceil_mode's last window whole, so that every window is a plain valid one.
+    """
     k, s, before, after, overhang, outs = _pool_geometry(a, x)
 
     def padded(t, pad_value, overhang_value):
