@@ -199,10 +199,10 @@ def _unwrap(tp: Any) -> Any:
 
 def discover(directory: str | Path) -> list[Path]:
     """Case files under `directory`, its subdirectories included (``cases/canaries/...``), sorted by
-    path: *.yaml and *.yml. Hidden files and directories (a leading dot) are skipped."""
+    path: *.yaml and *.yml. Hidden subdirectories (a leading dot: .git, .tox) are skipped."""
     d = Path(directory)
     found = [p for p in (*d.rglob("*.yaml"), *d.rglob("*.yml"))
-             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(d).parts)]
+             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(d).parts[:-1])]
     return sorted(found)
 
 
