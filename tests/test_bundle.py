@@ -240,12 +240,27 @@ def test_cli_writes_the_bundle_and_model_explorer_node_data(planted, tmp_path, c
     cases, build, run = planted
     node_data = tmp_path / "explorer" / "errors.json"
     rc = main(["planted", "-f", "onnx", "--cases", str(cases), "--build", str(build), "--bundle",
-               str(tmp_path / "bundle"), "--model-explorer", str(node_data)])
+               str(tmp_path / "bundle"), "--model-explorer", str(node_data), "--json", str(tmp_path / "t.json")])
     printed = capsys.readouterr().out
     assert rc == 1, printed
     assert f"repro bundle written to {tmp_path / 'bundle'}" in printed and "subgraph.onnx" in printed
     assert f"Model Explorer node data written to {node_data}" in printed
     assert (tmp_path / "bundle" / "repro.py").is_file() and node_data.is_file()
+    report = json.loads((tmp_path / "t.json").read_text())
+    assert report["first_divergence"] == "mid.2" and "eager_at_divergence" not in report  # arrays stay out of JSON
+
+
+def test_cli_says_when_there_is_nothing_to_bundle(planted, tmp_path, capsys):
+    """A clean target: the triage exit code stands, and no bundle directory appears."""
+    cases = planted[0]
+    write_case(cases, "clean", CASE.split("export:")[0])  # the built-in exporters: no planted bug
+    rc = main(["clean", "-f", "onnx", "--cases", str(cases), "--build", str(planted[1]), "--bundle",
+               str(tmp_path / "bundle")])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert f"no bundle written: triage found no divergence, so {tmp_path / 'bundle'} has nothing to reproduce" \
+        in printed
+    assert not (tmp_path / "bundle").exists()
 
 
 def test_model_explorer_node_data_colours_each_node_by_its_error(planted, onnx_report, tmp_path):
