@@ -230,6 +230,29 @@ def _channels_first(x: np.ndarray) -> np.ndarray:
     return np.transpose(x, (0, x.ndim - 1, *range(1, x.ndim - 1)))
 
 
+def plain_run_agreement(plain: dict[int, np.ndarray], kept: dict[int, np.ndarray]) -> str:
+    """How the final outputs of the run that kept every tensor compare with the plain run's, for the note
+    (LiteRT's preserve-all-tensors is reported upstream to change outputs in some models)."""
+    worst, scale = 0.0, 0.0
+    for i, a in plain.items():
+        b = kept.get(i)
+        if b is None or b.shape != a.shape or not a.size:
+            continue
+        if not np.array_equal(np.isfinite(a), np.isfinite(b)):
+            return ("its final outputs have NaN/Inf where the plain run has none (or the reverse): "
+                    "preserve-all-tensors changed the run, so its tensors may not be the plain run's")
+        both = np.isfinite(a)
+        if both.any():
+            worst = max(worst, float(np.max(np.abs(a[both].astype(np.float64) - b[both]))))
+            scale = max(scale, float(np.max(np.abs(a[both]))))
+    if worst == 0.0:
+        return ("its final outputs equal the plain run's bit for bit (preserve-all-tensors, reported upstream "
+                "to change outputs in some models, does not here)")
+    return (f"its final outputs differ from the plain run's by up to {worst:.3g} "
+            f"({worst / scale if scale else 0:.3g} of max|output|): preserve-all-tensors (and the split "
+            "activations) changed the arithmetic, so differences of that size are the run's, not the export's")
+
+
 def intermediates(path: Path, feeds: dict[str, np.ndarray], backend: str, known_modules: set[str]) -> Intermediates:
     """Run the .tflite file at `path` once on `backend` with every op's output kept."""
     from ai_edge_litert import interpreter as litert
@@ -332,26 +355,12 @@ def intermediates(path: Path, feeds: dict[str, np.ndarray], backend: str, known_
     result = Intermediates(unmapped=sorted(set(unmapped) | (seen - set(found))),
                            tensors=sum(1 for op in ops for t in op.outputs if f"#{t}" in floating))
     result = collect(nodes, floating, found, result)
-    worst, scale = 0.0, 0.0
-    for i in outputs:
-        if i in values and final[i].shape == values[i].shape and final[i].size:
-            both = np.isfinite(final[i]) & np.isfinite(values[i])
-            if not np.array_equal(np.isfinite(final[i]), np.isfinite(values[i])):
-                worst = float("inf")
-            elif both.any():
-                worst = max(worst, float(np.max(np.abs(final[i][both].astype(np.float64) - values[i][both]))))
-                scale = max(scale, float(np.max(np.abs(final[i][both]))))
-    if worst == 0.0:
-        same = ("its final outputs equal the plain run's bit for bit (LiteRT's preserve-all-tensors is known "
-                "upstream to change outputs in some models; not this one)")
-    else:
-        same = (f"its final outputs differ from the plain run's by up to {worst:.3g} "
-                f"({worst / scale if scale else 0:.3g} of max|output|): preserve-all-tensors (and the split "
-                "activations) changed the arithmetic, so differences of that size are the run's, not the export's")
+    same = plain_run_agreement(final, {i: values[i] for i in outputs if i in values})
     kernels = "default resolver (XNNPACK)" if backend == "cpu" else "reference kernels (BUILTIN_REF)"
     result.note = (f"every op's output read in one run of the artefact on LiteRT {_version()} ({kernels}) with "
-                   f"experimental_preserve_all_tensors; {split} fused activation(s) split into ops of their own so "
-                   f"that the tensor before each is kept; {same}"
+                   "experimental_preserve_all_tensors; "
+                   + (f"{split} fused activation(s) split into ops of their own so that the tensor before each "
+                      "is kept; " if split else "") + same
                    + (f"; {moved} channels-last (NHWC) tensor(s) transposed to channels-first to compare with eager"
                       if moved else ""))
     return result

@@ -1,0 +1,203 @@
+"""Triage inside a TFLite artefact: every op's output from one LiteRT run with preserve-all-tensors,
+mapped to modules through the locations litert-torch writes as tensor names, channels-last tensors
+transposed back to channels-first, fused activations split so the tensor before each is kept."""
+
+from __future__ import annotations
+
+import pytest
+
+import parity._triton_first  # noqa: F401  (litert_torch imports tensorflow: tensorflow-then-triton segfaults)
+
+pytest.importorskip("litert_torch")
+pytest.importorskip("ai_edge_litert")
+import numpy as np  # noqa: E402
+
+from conftest import write_case  # noqa: E402
+from parity.catalog import load_case  # noqa: E402
+from parity.formats.tflite.intermediates import intermediates, locations, plain_run_agreement  # noqa: E402
+from parity.session import Session  # noqa: E402
+from parity.triage import triage  # noqa: E402
+
+MODELS = '''
+import torch
+from torch import nn
+
+
+def block(i, o):
+    return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU())
+
+
+class Net(nn.Module):
+    """Conv-BatchNorm-ReLU blocks: litert-torch folds each BatchNorm into its conv and fuses the ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = block(3, 8)
+        self.body = nn.Sequential(block(8, 8), block(8, 8), block(8, 8))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+
+    def forward(self, x):
+        return self.head(self.body(self.stem(x)))
+
+
+def net():
+    torch.manual_seed(0)
+    model = Net()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def perturbed_export(model, example_inputs, path, layer="body.1.0"):
+    """A user's own TFLite export with a bug: one conv's weights scaled by 1%, then converted as parity does."""
+    from parity.formats.tflite.export import export
+
+    with torch.no_grad():
+        model.get_submodule(layer).weight.mul_(1.01)
+    return export(model, example_inputs, path, input_names=["x"], output_names=["logits"])
+
+
+class LogOfNegatives(nn.Module):
+    def forward(self, x):
+        return torch.log(x)
+
+
+class Guarded(nn.Module):
+    """Eager keeps log's input positive (abs); the planted exporter drops the abs."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Linear(6, 6)
+        self.guard = True
+        self.log = LogOfNegatives()
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.stem(x)
+        return self.head(self.log(h.abs() + 1e-3 if self.guard else h))
+
+
+def guarded():
+    torch.manual_seed(0)
+    return Guarded().eval()
+
+
+def unguarded_export(model, example_inputs, path):
+    from parity.formats.tflite.export import export
+
+    model.guard = False
+    return export(model, example_inputs, path, input_names=["x"], output_names=["y"])
+'''
+
+CASE = """
+model: {factory: 'tflite_triage_models:FACTORY'}
+inputs: {x: {shape: SHAPE}}
+batch_sizes: [4]
+formats: [tflite]
+backends: [cpu, cpu-ref]
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tflite_triage")
+    d = root / "cases"
+    d.mkdir()
+    (d / "tflite_triage_models.py").write_text(MODELS)
+    session = Session(root / "build", root / "golden")
+    image = CASE.replace("FACTORY", "net").replace("SHAPE", "[3, 8, 8]")
+    bodies = {
+        "clean": image,
+        "weight": image + "export:\n  tflite: {function: 'tflite_triage_models:perturbed_export'}\n",
+        "nan": CASE.replace("FACTORY", "guarded").replace("SHAPE", "[6]")
+        + "export:\n  tflite: {function: 'tflite_triage_models:unguarded_export'}\n",
+    }
+    yield {name: session.case_run(load_case(write_case(d, name, body))) for name, body in bodies.items()}
+    session.close()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cpu-ref"])
+def test_clean_model_every_module_matches(runs, backend):
+    report = triage(runs["clean"], "tflite", backend)
+    assert report.first_divergence is None, report.table()
+    assert report.summary == "no divergence: every module compared matches eager within tolerance"
+    assert report.method.startswith("the artefact's own intermediate tensors"), report.table()
+    # every BatchNorm has its tensor (the one before the ReLU split off its conv), compared after
+    # transposing litert-torch's channels-last tensors back
+    assert [r.path for r in report.rows] == ["stem.1", "stem.2", "body.0.1", "body.0.2", "body.1.1", "body.1.2",
+                                             "body.2.1", "body.2.2", "head.2"], report.table()
+    assert all(r.status == "pass" for r in report.rows)
+    assert "channels-last (NHWC) tensor(s) transposed to channels-first" in report.method
+    assert "fused activation(s) split into ops of their own" in report.method
+    # the preserve-all-tensors run gives the plain run's outputs on this model
+    assert "equal the plain run's bit for bit" in report.method
+    # convs folded into the BatchNorm after them have no tensor of their own: listed, not dropped
+    assert any(u.startswith("body.1.0: no tensor of its own") for u in report.unmapped), report.unmapped
+
+
+def test_perturbed_weight_in_a_middle_conv(runs):
+    report = triage(runs["weight"], "tflite", "cpu")
+    # the conv is folded into the BatchNorm after it: the BatchNorm's tensor diverges, and the report says so
+    assert report.first_divergence == "body.1.1", report.table()
+    assert report.fused_with == ["body.1.0"], report.table()
+    assert report.summary.startswith("first divergence: body.1.1 (BatchNorm2d) (its tensor also holds body.1.0, "
+                                     "fused into it by the exporter), computes something else than eager")
+    assert report.batch_dependent is False
+    row = next(r for r in report.rows if r.path == "body.1.1")
+    assert row.rel_error > 1e-3 and row.cosine < 1
+    before = report.rows[:report.rows.index(row)]
+    assert len(before) >= 4 and all(r.status == "pass" for r in before), report.table()
+
+
+def test_a_nan_is_traced_to_the_op_and_module_that_made_it(runs):
+    report = triage(runs["nan"], "tflite", "cpu")
+    assert report.method.startswith("the artefact's own intermediate tensors"), report.table()
+    assert report.first_nonfinite is not None and "(LOG)" in report.first_nonfinite, report.table()
+    assert report.first_nonfinite.endswith("in log"), report.first_nonfinite
+    assert report.first_divergence == "log", report.table()
+    assert next(r for r in report.rows if r.path == "log").nonfinite > 0
+    assert next(r for r in report.rows if r.path == "stem").status == "pass"
+    assert "fused activation" not in report.method  # none to split in this model
+
+
+def test_a_file_without_locations_maps_nothing_and_says_why(runs, tmp_path):
+    """Tensor names are where litert-torch keeps the module path; a file whose names carry none (another
+    converter) maps nothing, so triage falls back to exporting module by module."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    run = runs["clean"]
+    feeds = run.example_inputs()
+    path = run.artefact("tflite").path_for(4)
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
+    for i, tensor in enumerate(model.subgraphs[0].tensors):
+        tensor.name = f"tensor{i}"
+    bare = tmp_path / "bare.tflite"
+    bare.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+    known = {name for name, _ in run.eager.named_modules() if name}
+    got = intermediates(bare, feeds, "cpu", known)
+    assert got.mapped == [] and "carry no module locations" in got.note
+    assert intermediates(path, feeds, "cpu", known).mapped  # the same file with its names maps
+
+
+def test_locations_are_read_from_litert_torch_names():
+    known = {"conv_1", "block_a", "block_a.act", "block_a.0"}
+    name = ("m.Net/m._Block_block_a/torch.nn.modules.activation.ReLU_act;;"
+            "m.Net/torch.nn.modules.conv.Conv2d_conv_1;2")
+    # the last applied first; underscores in class and attribute names; the uniquing digit dropped
+    assert locations(name, known) == ["block_a.act", "conv_1"]
+    assert locations("m.Net;1", known) == [""]  # the root module's own code
+    assert locations("serving_default_output_0_output", known) is None  # renamed by the signature
+    # a wrapper around the model (parity's output flattening) adds a level eager does not have
+    assert locations("w.Wrapper/m.Net_model/m._Block_block_a/torch.nn.Conv2d_0;", known) == ["model.block_a.0"]
+
+
+def test_the_note_reports_what_preserve_all_tensors_changed():
+    out = np.array([[1.0, -2.0]], dtype=np.float32)
+    assert "equal the plain run's bit for bit" in plain_run_agreement({1: out}, {1: out.copy()})
+    changed = plain_run_agreement({1: out}, {1: out + np.float32(1e-3)})
+    assert "differ from the plain run's by up to 0.001 (0.0005 of max|output|)" in changed
+    nan = plain_run_agreement({1: out}, {1: np.array([[np.nan, -2.0]], dtype=np.float32)})
+    assert "NaN/Inf where the plain run has none" in nan
