@@ -228,10 +228,20 @@ def _copy_artefact(source: Path, directory: Path, runtime: str, size: int) -> st
 def _external_data(path: Path) -> list[str]:
     """The files an ONNX model reads its tensors from (relative to the model's directory)."""
     import onnx
-    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    def tensors(graph):
+        yield from graph.initializer
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                    yield from tensors(sub)
 
     model = onnx.load(str(path), load_external_data=False)
-    return sorted({ExternalDataInfo(t).location for t in _get_all_tensors(model) if uses_external_data(t)})
+    return sorted({ExternalDataInfo(t).location for t in tensors(model.graph) if uses_external_data(t)})
 
 
 def _ort_settings(backend: str) -> dict:
