@@ -159,3 +159,30 @@ def test_own_sqnr_is_the_noise_a_layer_adds():
     assert _own_sqnr(30.0, None) == 30.0  # the first layer: all of its noise is its own
     assert _own_sqnr(20.0, 20.0) == 120.0  # no noisier than its input: adds none
     assert abs(_own_sqnr(10 * __import__("math").log10(1 / 0.02), 20.0) - 20.0) < 1e-9  # 0.02 = 0.01 + 0.01
+
+
+def test_without_an_accuracy_section_the_gate_is_the_tolerance_and_an_own_function_must_take_the_option(case_dir,
+                                                                                                        tmp_path):
+    write_case(case_dir, "small_int8", """
+        model: {factory: 'models:small'}
+        inputs: {x: {shape: [3, 8, 8]}}
+        batch_sizes: [1, 4]
+        formats: [onnx, onnx_int8]
+        backends: [cpu]
+        export:
+          onnx_int8: {function: 'models:badly_calibrated_int8_export'}
+        """)
+    session = Session(tmp_path / "build", tmp_path / "golden")
+    try:
+        report = sensitivity(session.case_run(load_case(case_dir / "small_int8.yaml", root=case_dir)), "onnx_int8")
+    finally:
+        session.close()
+    assert report.gate_kind == "tolerance"
+    assert report.gate == "the outputs within the case's onnx_int8 tolerance"
+    assert report.gate_source.startswith("the case has no accuracy section, so the gate is the parity comparison")
+    assert [r.op for r in sorted(report.layers, key=lambda r: r.rank)] != [] and report.steps == []
+    why = "the case's export function models:badly_calibrated_int8_export takes no nodes_to_exclude option"
+    assert why in report.method, report.table()
+    assert all(r.alone is None for r in report.layers)  # nothing re-quantized, so nothing is claimed
+    assert report.baseline.met, report.table()  # calibrated on its own inputs: within the int8 tolerance
+    assert report.recommendation == "gate already met as exported: nothing to keep in higher precision"
