@@ -280,8 +280,8 @@ def _litert_settings(source: Path, artefact, backend: str, feeds: dict, expected
     def laid(kind: str, arrays: dict) -> dict:
         return {n: to_channels_last(a) if layouts[kind].get(n) == CHANNELS_LAST else a for n, a in arrays.items()}
 
-    settings = {"inputs": [int(d["index"]) for d in loaded.inputs], "outputs": [int(d["index"]) for d in loaded.outputs],
-                "resolver": RESOLVERS.get(backend, "AUTO")}
+    settings = {"inputs": [int(d["index"]) for d in loaded.inputs],
+                "outputs": [int(d["index"]) for d in loaded.outputs], "resolver": RESOLVERS.get(backend, "AUTO")}
     return settings, laid("inputs", feeds), laid("outputs", expected)
 
 
