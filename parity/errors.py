@@ -92,8 +92,10 @@ _DATA_DEPENDENT = re.compile(r"GuardOnDataDependentSymNode|data-dependent|data d
 
 
 #: A converter saying it has no conversion for an op (coremltools: "Unsupported fx node
-#: _native_batch_norm_legit_functional"; "PyTorch convert function for op 'x' not implemented").
-_NO_CONVERSION = re.compile(r"Unsupported fx node (\w+)|convert function for op '([\w.]+)' not implemented")
+#: _native_batch_norm_legit_functional"; "PyTorch convert function for op 'x' not implemented"; onnx2tf:
+#: "CastLike OP is not yet implemented.").
+_NO_CONVERSION = re.compile(r"Unsupported fx node (\w+)|convert function for op '([\w.]+)' not implemented|"
+                            r"(\w+) OP is not yet implemented")
 
 
 def export_hint(text: str) -> Optional[str]:
@@ -105,7 +107,7 @@ def export_hint(text: str) -> Optional[str]:
                 "supports it")
     found = _NO_CONVERSION.search(text)
     if found:
-        op = found.group(1) or found.group(2)
+        op = found.group(1) or found.group(2) or found.group(3)
         training = " (a training-mode op: is the model in eval mode?)" if "functional" in op or "train" in op else ""
         return (f"the converter has no conversion for op {op}{training}: change the model there, or use another "
                 "route to the format")

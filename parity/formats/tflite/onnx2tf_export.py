@@ -41,6 +41,9 @@ import numpy as np
 #: onnx2tf's process-wide settings that :func:`convert` restores.
 _ENVIRONMENT = ("TF_USE_LEGACY_KERAS", "TF_CPP_MIN_LOG_LEVEL", "CUDA_VISIBLE_DEVICES")
 _ERROR_LINE = re.compile(r"^\s*ERROR:\s*(.*\S)")
+#: the lines onnx2tf prints after any failure, whatever it was (its documentation's links and options)
+_ADVICE = ("The trace log is below", "input_onnx_file_path:", "Read this and deal with it", "Alternatively, if the",
+           "If the input OP of ONNX", "Also, for models that include")
 
 
 def export(model, example_inputs: tuple, path: Path, *, input_names: list[str], output_names: list[str],
@@ -120,10 +123,7 @@ def convert(onnx_path: Path, path: Path, *, input_names: Optional[list[str]] = N
                         not_use_onnxsim=True,  # onnxsim is not installed: say so rather than have it tried
                         verbosity="warn")
                 except (Exception, SystemExit) as e:
-                    errors = [_ERROR_LINE.match(_strip(line)).group(1) for line in log.getvalue().splitlines()
-                              if _ERROR_LINE.match(_strip(line))]
-                    said = "; ".join(dict.fromkeys(errors)) or f"{type(e).__name__}: {e}"
-                    raise RuntimeError(f"onnx2tf {_version('onnx2tf')}: {said}") from None
+                    raise RuntimeError(failure(log.getvalue(), e)) from None
         written = scratch / f"{Path(onnx_path).stem}_float32.tflite"  # onnx2tf names it after the ONNX file
         if not written.exists():
             raise RuntimeError(f"onnx2tf {_version('onnx2tf')} wrote no {written.name} "
@@ -131,16 +131,78 @@ def convert(onnx_path: Path, path: Path, *, input_names: Optional[list[str]] = N
         shutil.move(str(written), str(path))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    declared = getattr(keras_model, "onnx_output_layouts", None) or {}
+    del keras_model  # its onnx_output_layouts said 'not NHWC' of a Relu output it wrote channels-last
     warned = [_strip(line).split("WARNING:", 1)[1].strip() for line in log.getvalue().splitlines()
               if "WARNING:" in _strip(line)]
     return {"exporter": "onnx2tf.convert (ONNX -> tf_keras -> TFLiteConverter), the float32 .tflite",
             "onnx2tf": _version("onnx2tf"), "tensorflow": _version("tensorflow-cpu", "tensorflow"),
             "kept_channels_first": keep,
-            "layout_declared": {"inputs": {n: "as the case" for n in keep},
-                                "outputs": {n: "channels-last" if nhwc else "as the case"
-                                            for n, nhwc in declared.items()}},
+            "layout_declared": {"inputs": {n: "as the case" for n in keep}, "outputs": output_layouts(onnx_path, path, keep)},
             "warnings": sorted(set(warned))[:10]}
+
+
+def output_layouts(onnx_path: Path, tflite_path: Path, kept: list[str]) -> dict[str, str]:
+    """The layout of each output whose shape in the .tflite fits both the ONNX file's and its
+    channels-last form (N, C, C, C...), found by running both once on the same seeded inputs: the
+    layout whose values are closer (the inputs in `kept` are channels-first in both files, other
+    inputs of rank 3 or more channels-last in the .tflite). Other outputs' layouts follow from their shapes (the runner's
+    rule), so only these are returned, by ONNX output name.
+
+    onnx2tf keeps no output channels-first, and ``onnx_output_layouts`` on the model it returns is
+    no guide (it said 'not NHWC' of a Relu output written channels-last), so the values decide.
+    """
+    import onnxruntime as ort
+    from ai_edge_litert import interpreter as litert
+
+    from parity.formats.tflite.runner import AS_CASE, CHANNELS_LAST, channels_last_shape, to_channels_first
+
+    interpreter = litert.Interpreter(model_path=str(tflite_path))
+    interpreter.allocate_tensors()
+    signatures = interpreter._get_full_signature_list() or {}
+    signature = next(iter(signatures.values()), {}) if len(signatures) == 1 else {}
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    onnx_inputs, onnx_outputs = session.get_inputs(), session.get_outputs()
+
+    def in_onnx_order(details: list[dict], named: dict[str, int], wanted) -> list[dict]:
+        mine = {d["index"]: d for d in details}
+        if set(named) == {o.name for o in wanted} and set(named.values()) <= set(mine):
+            return [mine[named[o.name]] for o in wanted]
+        return details  # without a signature, onnx2tf keeps the ONNX order
+
+    tflite_outputs = in_onnx_order(interpreter.get_output_details(), signature.get("outputs", {}), onnx_outputs)
+    ambiguous = [i for i, (o, d) in enumerate(zip(onnx_outputs, tflite_outputs))
+                 if len(d["shape"]) >= 3 and tuple(d["shape"]) == channels_last_shape(tuple(d["shape"]))]
+    if not ambiguous:
+        return {}
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for o, d in zip(onnx_inputs, in_onnx_order(interpreter.get_input_details(), signature.get("inputs", {}),
+                                               onnx_inputs)):
+        dtype = np.dtype(d["dtype"])
+        x = rng.standard_normal(d["shape"]).astype(dtype) if dtype.kind == "f" else np.zeros(d["shape"], dtype)
+        interpreter.set_tensor(d["index"], x)
+        feeds[o.name] = x if o.name in kept or x.ndim < 3 else to_channels_first(x)
+    interpreter.invoke()
+    expected = session.run(None, feeds)
+    found = {}
+    for i in ambiguous:
+        got = np.asarray(interpreter.get_tensor(tflite_outputs[i]["index"]), dtype=np.float64)
+        errors = {layout: float(np.abs(candidate - expected[i]).max())
+                  for layout, candidate in ((AS_CASE, got), (CHANNELS_LAST, to_channels_first(got)))}
+        found[onnx_outputs[i].name] = min(errors, key=errors.get)
+    return found
+
+
+def failure(log: str, exc: BaseException) -> str:
+    """One message for a failed conversion: onnx2tf's own ERROR lines (the op it stopped at, what it
+    has no conversion for), less the advice it prints after every failure, then the exception's first
+    line (none for its ``sys.exit``)."""
+    said = [m.group(1) for m in (_ERROR_LINE.match(_strip(line)) for line in log.splitlines())
+            if m and not m.group(1).startswith(_ADVICE)]
+    if not isinstance(exc, SystemExit):
+        first = next((line for line in str(exc).splitlines() if line.strip()), "")
+        said.append(f"{type(exc).__name__}: {first}".rstrip(": "))
+    return f"onnx2tf {_version('onnx2tf')}: " + ("; ".join(dict.fromkeys(said)) or f"exited ({exc})")
 
 
 @contextlib.contextmanager
