@@ -4,6 +4,7 @@ The compute precision is always explicit (the default of an mlprogram is FLOAT16
 registry has one format per precision, ``coreml`` (FLOAT32) and ``coreml_fp16`` (FLOAT16), so each
 has its own tolerance, goldens and test ids. The batch dimension is flexible
 (``ct.RangeDim(1, largest batch size)``), so one package serves every batch size of the case.
+Each op's source module goes into the package too (:mod:`parity.formats.coreml.scopes`), for triage.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
     import coremltools as ct
 
     from parity.formats.coreml import scopes
+    from parity.frameworks.pytorch import FlatOutputs
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -92,7 +94,8 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
                 raise RuntimeError(f"coremltools: {'; '.join(errors)}: {type(e).__name__}: {e}") from e
             raise
         mlmodel.save(str(path))
-        scopes.record(mlmodel, path, "torch.jit.trace" if route == "trace" else "torch.export", handles)
+        scopes.record(mlmodel, path, "torch.jit.trace" if route == "trace" else "torch.export", handles,
+                      root="model" if isinstance(model, FlatOutputs) else "")
     messages = sorted({str(w.message).splitlines()[0] for w in caught
                        if not issubclass(w.category, (DeprecationWarning, ResourceWarning))
                        and "deprecat" not in str(w.message).lower() and "has not been tested" not in str(w.message)})

@@ -60,6 +60,10 @@ def intermediates(path: Path, feeds: dict[str, np.ndarray], backend: str, known_
     found, unmapped = module_tensors(nodes, set(evaluator.output_names), known_modules)
     seen = {s for node in nodes for s in node.scopes}  # a Conv fused into a BatchNorm leaves no op of its own
     result.unmapped = sorted(set(unmapped) | {m for m in known_modules if m not in seen})
+    if not found:
+        result.note = (f"no op's scopes in the package's {scopes.FILE} name a module of the model (recorded through "
+                       f"{recorded.get('frontend', 'an unknown frontend')}), so no tensor maps to a module")
+        return result
     values: dict[str, np.ndarray] = {}
 
     def keep(op, outputs) -> None:

@@ -73,13 +73,19 @@ def write(package: Path, scopes: dict[str, list[str]], frontend: str) -> Path:
     return target
 
 
-def record(mlmodel, package: Path, frontend: str, handles: Optional[dict[int, list[str]]] = None) -> Optional[Path]:
+def record(mlmodel, package: Path, frontend: str, handles: Optional[dict[int, list[str]]] = None,
+           root: str = "") -> Optional[Path]:
     """Write the converted `mlmodel`'s op scopes into its saved `package`; None (and no file) when the
-    model holds no MIL program (coremltools keeps it in a private attribute)."""
+    model holds no MIL program (coremltools keeps it in a private attribute). `root` is the path of
+    the user's model inside the converted one (``model`` in parity's output-flattening wrapper): it is
+    dropped, so the paths written are the user's own."""
     program = getattr(mlmodel, "_mil_program", None)
     if program is None or "main" not in getattr(program, "functions", {}):
         return None
-    return write(package, op_scopes(program, handles), frontend)
+    found = op_scopes(program, handles)
+    if root:
+        found = {op: [p.removeprefix(root + ".") for p in paths if p != root] for op, paths in found.items()}
+    return write(package, found, frontend)
 
 
 def read(package: Path) -> Optional[dict]:

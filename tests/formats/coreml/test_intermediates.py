@@ -203,6 +203,12 @@ def test_a_package_converted_elsewhere_maps_nothing_and_says_why(runs, tmp_path)
     assert not got.mapped and got.tensors == 0
     assert got.note.startswith(f"the package carries no module scopes ({scopes.FILE}, written by parity's Core ML "
                                "export"), got.note
+    scopes.write(copy, {name: [] for name in scopes.read(runs["clean"].artefact("coreml").path)["ops"]},
+                 "torch.jit.trace")  # every op outside any module
+    got = intermediates(copy, runs["clean"].example_inputs(), "mil-ref", {"stem", "mid", "head"})
+    assert not got.mapped and got.unmapped == ["head", "mid", "stem"]
+    assert got.note == (f"no op's scopes in the package's {scopes.FILE} name a module of the model (recorded "
+                        "through torch.jit.trace), so no tensor maps to a module")
 
 
 def test_the_evaluator_hands_every_op_output_to_the_recorder(runs):
@@ -217,3 +223,15 @@ def test_the_evaluator_hands_every_op_output_to_the_recorder(runs):
     assert [t for t, *_ in seen] == [op.op_type for op in evaluator.ops if op.op_type != "const"]
     assert seen[-1][1] == (evaluator.output_names[0], tuple(next(iter(out.values())).shape))
     assert seen[0][0] == "conv" and seen[0][1][1] == (3, 8, 8, 8)  # NCHW, as torch
+
+
+def test_the_scopes_name_the_users_modules_inside_the_output_flattening_wrapper(tmp_path):
+    from parity.formats.coreml.export import export
+    from parity.frameworks.pytorch import flat_outputs_class
+
+    torch.manual_seed(0)
+    inner = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).eval()
+    export(flat_outputs_class(1)(inner, None, None), (torch.randn(2, 4),), tmp_path / "w.mlpackage",
+           input_names=["x"], output_names=["y"])
+    recorded = scopes.read(tmp_path / "w.mlpackage")["ops"]
+    assert {p for paths in recorded.values() for p in paths} == {"0", "1", "2"}, recorded
