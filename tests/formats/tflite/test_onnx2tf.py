@@ -151,6 +151,19 @@ def test_op_without_conversion_is_unsupported_and_named(route):
     assert "Read this and deal with it" not in result.message  # onnx2tf's boilerplate advice is left out
 
 
+def test_the_route_is_opt_in(case_dir):
+    """Only cases that list tflite_onnx2tf run it (a conversion costs seconds to minutes), beside tflite."""
+    from parity.catalog import load_case
+    from parity.formats import FORMATS
+
+    default = load_case(write_case(case_dir, "d", SMALL_CASE.replace("formats: [torchscript, onnx]\n", "")))
+    assert "tflite" in default.formats and "tflite_onnx2tf" not in default.formats
+    listed = load_case(write_case(case_dir, "l", SMALL_CASE.replace("[torchscript, onnx]", "[tflite, tflite_onnx2tf]")))
+    assert listed.formats == ["tflite", "tflite_onnx2tf"]
+    route, tflite = FORMATS["tflite_onnx2tf"], FORMATS["tflite"]
+    assert (route.runner, route.backends, route.precision) == (tflite.runner, tflite.backends, "fp32")
+
+
 def test_missing_onnx2tf_skips_with_the_pip_line(monkeypatch, tmp_path):
     import importlib.util
 
