@@ -200,7 +200,10 @@ def failure(log: str, exc: BaseException) -> str:
     said = [m.group(1) for m in (_ERROR_LINE.match(_strip(line)) for line in log.splitlines())
             if m and not m.group(1).startswith(_ADVICE)]
     if not isinstance(exc, SystemExit):
-        first = next((line for line in str(exc).splitlines() if line.strip()), "")
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        # a Keras layer's error says which layer first and what went wrong on the next line
+        first = " ".join(lines[:2]) if lines and lines[0].startswith("Exception encountered") else \
+            (lines[0] if lines else "")
         said.append(f"{type(exc).__name__}: {first}".rstrip(": "))
     return f"onnx2tf {_version('onnx2tf')}: " + ("; ".join(dict.fromkeys(said)) or f"exited ({exc})")
 
