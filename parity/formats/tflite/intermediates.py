@@ -142,7 +142,8 @@ def split_activations(model) -> list[_Op]:
         return len(codes) - 1
 
     def constant(index: int) -> bool:
-        buffer = model.buffers[graph.tensors[index].buffer] if graph.tensors[index].buffer < len(model.buffers) else None
+        number = graph.tensors[index].buffer
+        buffer = model.buffers[number] if number < len(model.buffers) else None
         return buffer is not None and buffer.data is not None and len(buffer.data) > 0
 
     ops: list[_Op] = []
@@ -158,7 +159,8 @@ def split_activations(model) -> list[_Op]:
             continue
         out = int(op.outputs[0])
         before = copy.copy(graph.tensors[out])
-        before.name = f"{graph.tensors[out].name}/before-{ACTIVATIONS[act]}"
+        name = graph.tensors[out].name
+        before.name = f"{name.decode() if isinstance(name, bytes) else name}/before-{ACTIVATIONS[act]}"
         model.buffers.append(schema.BufferT())
         before.buffer = len(model.buffers) - 1
         graph.tensors.append(before)
@@ -208,6 +210,8 @@ def _layouts(ops: list[_Op], shapes: dict[int, tuple], values: dict[int, np.ndar
     for op in ops:
         dynamic = [t for t in op.inputs if t not in op.constants]
         for out in op.outputs:
+            if out not in shapes:
+                continue
             rank = len(shapes[out])
             if rank < 3:
                 layout[out] = CHANNELS_FIRST  # nothing to transpose
