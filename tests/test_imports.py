@@ -128,7 +128,7 @@ LAYERS = [
     ("parity.versions",),
     ("parity.pipeline",),
     ("parity.checks",),
-    ("parity.session", "parity.catalog", "parity.triage", "parity.report"),
+    ("parity.session", "parity.catalog", "parity.triage", "parity.bundle", "parity.sensitivity", "parity.report"),
     ("parity.plugin", "parity.cli", "parity.test_parity", "parity.__main__"),
 ]
 
