@@ -1,17 +1,21 @@
 """Triage: find the first module whose export diverges from eager, for any format.
 
-How (the same for every format, since it only uses the format's exporter and runner): run the
-eager reference (eval mode) once with forward hooks that record each submodule's real inputs and
-outputs, in execution order. Then, from the top of the module tree down, export each child module
-on its own *as the case's exporter would* (from the model exactly as the factory returned it, with
-the case's own export function if it has one), run it on the format's runner with the recorded
-inputs, and compare with the recorded eager output. The first child (in execution order) whose
-error exceeds the tolerance is descended into; the deepest diverging module is the first
-divergence. For that module the report adds the training-mode lint's findings and whether its
-exported output depends on the batch (sample alone vs inside the batch).
+The eager reference (eval mode) runs once with forward hooks that record each submodule's real
+inputs and outputs (copied, so in-place ops cannot change them), in execution order. Then:
 
-Cost: one export per module checked (about the tree depth times the siblings before the culprit),
-so it is a tool for a failing target, not part of every run.
+- **Inside the artefact** (formats with an intermediate-tensor reader, ``FormatInfo.intermediates``,
+  fp32 only): the artefact runs once and hands over its own tensors, mapped to the modules that made
+  them; the first tensor over tolerance, in execution order, is the first divergence. No re-export,
+  so the converter's fusions stay as they are (a module fused into another's tensor is named with it).
+- **Module by module** (every other format, INT8, artefacts whose tensors map to no module): from the
+  top of the module tree down, each child module is exported on its own *as the case's exporter
+  would* (with the case's own export function if it has one), run on the format's runner with the
+  recorded inputs and compared with the recorded output; the first child over tolerance is descended
+  into. Cost: one export per module checked, so it is a tool for a failing target, not every run.
+
+Either way the report adds, for the module found, the training-mode lint's findings and whether its
+exported output depends on the batch (the first sample inside its batch vs in a batch of copies of
+itself, which a fixed-batch artefact can run too).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
+
+import numpy as np
 
 
 from parity.compare import compare_outputs, min_cosine
@@ -223,8 +229,11 @@ def triage(run: CaseRun, fmt: str, backend: str, workdir: Optional[Path] = None)
             # the context manager deactivates the runner even when infer() raises
             with runner_cls(Artefact(fmt, target, "triage", names_in, names_out), backend) as runner:
                 obtained = dict(zip(names_out, runner.infer(feeds)))
-                try:  # a static-batch artefact (TFLite) may not run a lone sample: batch dependence is unknown
-                    alone = dict(zip(names_out, runner.infer({n: a[:1] for n, a in feeds.items()})))
+                # the same batch with every sample a copy of the first: what the first sample gives alone
+                # to any op that reduces over the batch, at the file's own batch size (a fixed-batch file runs it)
+                try:
+                    alone = dict(zip(names_out, runner.infer({n: np.repeat(a[:1], a.shape[0], axis=0)
+                                                              for n, a in feeds.items()}))) if size > 1 else None
                 except Exception:
                     alone = None
         except ExportError as e:
@@ -240,7 +249,7 @@ def triage(run: CaseRun, fmt: str, backend: str, workdir: Optional[Path] = None)
                         cosine=min_cosine(c.cosine for c in rows), detail=failed[0].problem if failed else "")
         if alone is not None:
             batch_rows = compare_outputs({n: a[:1] for n, a in obtained.items() if a.ndim and a.shape[0] == size},
-                                         {n: a for n, a in alone.items() if n in obtained and obtained[n].ndim
+                                         {n: a[:1] for n, a in alone.items() if n in obtained and obtained[n].ndim
                                           and obtained[n].shape[0] == size}, lambda n: tol)
             row.batch_dependent = any(not c.passed and not c.vacuous for c in batch_rows)
         return row
@@ -371,8 +380,6 @@ def _in_artefact(run: CaseRun, fmt: str, backend: str, records: dict, modules: d
     # of the first: the first sample's tensor is what it would be alone for any op that reduces over the
     # batch, and the batch size is the file's, so a fixed-batch artefact (TFLite) runs it too.
     try:
-        import numpy as np
-
         if size > 1:
             copies = {k: np.repeat(v[:1], v.shape[0], axis=0) for k, v in feeds.items()}
             again = read(path, copies, backend, set(records))

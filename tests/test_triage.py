@@ -368,4 +368,19 @@ def test_a_case_exporter_writing_external_data_is_triaged_inside_its_artefact(tm
 
 def test_the_formats_that_read_their_own_tensors():
     """Triage reads these formats' own intermediate tensors; the rest export module by module."""
-    assert IN_ARTEFACT == ("onnx", "pt2")
+    assert IN_ARTEFACT == ("torchscript", "onnx", "pt2", "tflite", "coreml")
+
+
+def test_module_by_module_fallback_names_the_batchnorm_and_its_batch_dependence(cases, monkeypatch):
+    """Where a format exposes no intermediates, triage descends module by module; batch dependence comes from
+    the first sample in a batch of copies of itself, which a fixed-batch file could run too."""
+    import dataclasses
+
+    monkeypatch.setitem(REGISTRY._all, "torchscript", dataclasses.replace(REGISTRY["torchscript"], intermediates=""))
+    report = triage(cases["bn_block"], "torchscript", "cpu")
+    assert report.method.startswith("each module exported on its own"), report.method
+    assert [r.path for r in report.rows if r.status == "fail"] == ["layer2", "layer2.0", "layer2.0.bn1"]
+    assert report.batch_dependent is True
+    assert report.summary == ("first divergence: layer2.0.bn1 (BatchNorm2d), batch statistics at inference; "
+                              "module is in training mode")
+    assert next(r for r in report.rows if r.path == "layer2.0.conv1").batch_dependent is False
