@@ -24,6 +24,13 @@ The gate is the accuracy check's (:func:`parity.checks.accuracy.gate`: accuracy 
 eager, top-1 agreement, collapse, SQNR) on the case's labelled data, without the golden drift (a
 re-quantized artefact has no golden). A case without an accuracy section is gated on its outputs'
 tolerance for the format instead, and the report says so.
+
+fp16 (``coreml_fp16``) goes the same way with the fp32 ``coreml`` package as the reference
+(:mod:`parity.formats.coreml.sensitivity`: both programs on parity's MIL evaluator, every op's output
+kept), coremltools' ``FP16ComputePrecision(op_selector=...)`` as the exclusion (the ``fp32_ops``
+option of ``coreml_fp16``), and one difference: an op whose fp32 output exceeds fp16's range cannot
+stay in fp32 alone (the cast back to fp16 overflows), so it is tried and kept together with the ops
+downstream of it, until the values fit (``keep_with``).
 """
 
 from __future__ import annotations
@@ -37,8 +44,24 @@ from typing import Callable, Optional
 
 import numpy as np
 
-#: formats with a route: how their per-layer tensors are read
-ROUTES = {"onnx_int8": "parity.formats.onnx.sensitivity:layer_tensors"}
+@dataclass(frozen=True)
+class Route:
+    """How one reduced-precision format is read layer by layer and re-exported with layers kept in fp32."""
+
+    reader: str  # module:function -> (layers, unmatched, note)
+    fp32: str  # the fp32 format compared with
+    option: str  # the export option naming the layers kept in fp32
+    redo: str  # what re-exporting is called ("re-quantizing")
+    how: str  # the tool's own mechanism, in words
+
+
+#: formats with a route: how their per-layer tensors are read and how layers are kept in fp32
+ROUTES = {
+    "onnx_int8": Route("parity.formats.onnx.sensitivity:layer_tensors", "onnx", "nodes_to_exclude", "re-quantizing",
+                       "the case quantization with nodes_to_exclude"),
+    "coreml_fp16": Route("parity.formats.coreml.sensitivity:layer_tensors", "coreml", "fp32_ops", "re-converting",
+                         "the case conversion with fp32_ops, coremltools' FP16ComputePrecision op_selector"),
+}
 
 #: why the other reduced-precision formats have none yet
 NOT_COVERED = {
@@ -46,8 +69,6 @@ NOT_COVERED = {
                    "route is not implemented yet",
     "coreml_int8": "coremltools' linear quantizer takes per-op configs (op_name_configs); that route is not "
                    "implemented yet",
-    "coreml_fp16": "per-op SQNR against the fp32 program through parity's MIL evaluator is not implemented; fp16 "
-                   "sensitivity is not covered",
     "torchscript_int8": "torch.ao dynamic quantization quantizes by module type (a qconfig per module would be the "
                         "route); not implemented",
     "pt2_int8": "the PT2E quantizer's per-module configs would be the route; not implemented",
@@ -70,6 +91,12 @@ class LayerRow:
     own_sqnr_db: float
     rank: int = 0
     alone: Optional[dict] = None  # the Step figures of the re-quantized artefact with only this node excluded
+    keep_with: list[str] = field(default_factory=list)  # nodes that must stay in fp32 with it (fp16 overflow)
+
+    @property
+    def unit(self) -> list[str]:
+        """What is kept in fp32 to keep this layer in fp32."""
+        return [self.node, *self.keep_with]
 
 
 @dataclass
@@ -119,7 +146,8 @@ class SensitivityReport:
                 return "-"
             figure = f"{r.alone['accuracy']:.2f}%" if self.gate_kind == "accuracy" else \
                 f"{r.alone['scaled_error']:.3g}"
-            return f"{figure} (gate {'met' if r.alone['met'] else 'failed'})"
+            joint = f", with {', '.join(r.keep_with)}" if r.keep_with else ""
+            return f"{figure} (gate {'met' if r.alone['met'] else 'failed'}{joint})"
 
         lines = [header] + [(str(r.rank), r.node, r.op, r.module or "-", _db(r.sqnr_db), _db(r.input_sqnr_db),
                              _db(r.own_sqnr_db), alone(r)) for r in sorted(self.layers, key=lambda r: r.rank)]
@@ -150,13 +178,15 @@ def unsupported(fmt: str) -> Optional[str]:
     if fmt in ROUTES:
         return None
     why = NOT_COVERED.get(fmt, "it is not a reduced-precision format (nothing was quantized to undo)")
-    return (f"precision sensitivity supports {', '.join(ROUTES)} (it re-quantizes with the quantizer's own "
-            f"nodes_to_exclude to verify each recommendation); {fmt}: {why}")
+    return (f"precision sensitivity supports {', '.join(ROUTES)} (it re-exports with the tool's own option, "
+            f"onnxruntime's nodes_to_exclude or coremltools' op_selector, to verify each recommendation); {fmt}: {why}")
 
 
 def _own_sqnr(sqnr: float, input_sqnr: Optional[float]) -> float:
     if input_sqnr is None:
         return sqnr
+    if input_sqnr == float("-inf"):  # its input is already non-finite or unrelated: nothing measurable is its own
+        return OWN_SQNR_CAP_DB
     own = 10.0 ** (-sqnr / 10.0) - (10.0 ** (-input_sqnr / 10.0) if input_sqnr != float("inf") else 0.0)
     return OWN_SQNR_CAP_DB if own <= 10.0 ** (-OWN_SQNR_CAP_DB / 10.0) else float(-10.0 * np.log10(own))
 
@@ -182,22 +212,27 @@ def sensitivity(run, fmt: str, backend: str = "cpu", workdir: Optional[Path] = N
     measure, feeds = _gate(run, fmt, backend, report)
     report.baseline = measure(run.runner(fmt, backend), [])
 
-    read = load_object(ROUTES[fmt])
+    route = ROUTES[fmt]
+    read = load_object(route.reader)
     sample = {k: v[:INPUT_SAMPLES] for k, v in feeds.items()}
-    found, report.unmatched, note = read(run.artefact(FORMATS[fmt].fp32).path, run.artefact(fmt).path, sample,
-                                         backend)
+    found, report.unmatched, note = read(run.artefact(route.fp32).path, run.artefact(fmt).path, sample, backend)
+
+    def db(reference, obtained) -> float:  # NaN (a non-finite tensor) is as bad as it gets
+        value = _sqnr_db(reference, obtained)
+        return float("-inf") if np.isnan(value) else value
+
     for item in found:
-        sqnr = _sqnr_db(item.fp32, item.quantized)
-        inp = None if item.input_fp32 is None else _sqnr_db(item.input_fp32, item.input_quantized)
-        report.layers.append(LayerRow(item.node, item.op, item.module, item.tensor, sqnr, inp, _own_sqnr(sqnr, inp)))
+        sqnr = db(item.fp32, item.quantized)
+        inp = None if item.input_fp32 is None else db(item.input_fp32, item.input_quantized)
+        report.layers.append(LayerRow(item.node, item.op, item.module, item.tensor, sqnr, inp, _own_sqnr(sqnr, inp),
+                                      keep_with=list(getattr(item, "keep_with", []))))
     for rank, row in enumerate(sorted(report.layers, key=lambda r: r.own_sqnr_db), 1):
         row.rank = rank
     ranked = sorted(report.layers, key=lambda r: r.rank)
 
     requantize, why_not = _requantizer(run, fmt, workdir)
     report.method = (f"{note}; own SQNR (the rank) is the noise a layer adds to its input's; every other figure "
-                     f"is measured on a re-quantized artefact ({why_not or 'the case quantization with nodes_to_exclude'}"
-                     f")")
+                     f"is measured on a re-exported artefact ({why_not or route.how})")
     measured: dict[frozenset, Step] = {}
 
     def verify(nodes: list[str]) -> Step:
@@ -216,7 +251,7 @@ def sensitivity(run, fmt: str, backend: str = "cpu", workdir: Optional[Path] = N
         return report
     candidates = ranked[:max_candidates]
     for row in candidates:
-        step = verify([row.node])
+        step = verify(row.unit)
         row.alone = {**step.figures, "met": step.met}
     if report.baseline.met:
         report.met = True
@@ -224,10 +259,16 @@ def sensitivity(run, fmt: str, backend: str = "cpu", workdir: Optional[Path] = N
                                  "nothing to keep in higher precision")
         return report
 
-    chosen: list[str] = []
+    units: list[list[str]] = []
+
+    def joined(parts: list[list[str]]) -> list[str]:
+        return list(dict.fromkeys(n for part in parts for n in part))
+
     for row in candidates:
-        chosen.append(row.node)
-        step = verify(chosen)
+        if row.node in joined(units):
+            continue
+        units.append(row.unit)
+        step = verify(joined(units))
         report.steps.append(step)
         if step.met:
             break
@@ -239,25 +280,27 @@ def sensitivity(run, fmt: str, backend: str = "cpu", workdir: Optional[Path] = N
                                  "error is not in a few layers' quantization (calibration data, activation ranges, "
                                  "or the fp32 export itself)")
         return report
-    single = next((r.node for r in candidates if r.alone["met"]), None)
+    single = next((r.unit for r in candidates if r.alone["met"]), None)
     if single is not None:
-        chosen = [single]
+        units = [single]
     else:  # drop what the set does not need, the least sensitive first
-        for node in reversed(list(chosen)):
-            rest = [n for n in chosen if n != node]
-            if rest and verify(rest).met:
-                chosen = rest
+        for unit in reversed(list(units)):
+            rest = [u for u in units if u is not unit]
+            if rest and verify(joined(rest)).met:
+                units = rest
+    chosen = joined(units)
     report.recommended = chosen
     report.final = verify(chosen)
     report.met = True
     rows = {r.node: r for r in report.layers}
-    named = ", ".join(f"{n} ({rows[n].op}{', ' + rows[n].module if rows[n].module else ''})" for n in chosen)
-    existing = list(_case_options(run, fmt).get("nodes_to_exclude", []))
+    named = ", ".join(f"{n} ({rows[n].op}{', ' + rows[n].module if rows[n].module else ''})" if n in rows else n
+                      for n in chosen)
+    existing = list(_case_options(run, fmt).get(route.option, []))
     report.recommendation = (
         f"keep {named} in fp32: {report.baseline.headline(report.gate_kind)} -> "
-        f"{report.final.value(report.gate_kind)}, gate met ({report.gate}); verified by re-quantizing with "
-        f"nodes_to_exclude; to apply it: export: {{{fmt}: {{options: {{nodes_to_exclude: "
-        f"[{', '.join(existing + chosen)}]}}}}}}")
+        f"{report.final.value(report.gate_kind)}, gate met ({report.gate}); verified by {route.redo} with "
+        f"{route.option}; to apply it: export: {{{fmt}: {{options: {{{route.option}: "
+        f"[{', '.join(existing + [n for n in chosen if n not in existing])}]}}}}}}")
     return report
 
 
@@ -267,24 +310,26 @@ def _case_options(run, fmt: str) -> dict:
 
 
 def _requantizer(run, fmt: str, workdir: Path) -> tuple[Callable[[list[str], Path], Path], str]:
-    """(a function that re-exports `fmt` the case's way with nodes added to nodes_to_exclude, why that
-    cannot be done or "")."""
+    """(a function that re-exports `fmt` the case's way with nodes added to the route's option
+    (nodes_to_exclude, fp32_ops), why that cannot be done or "")."""
+    option = ROUTES[fmt].option
     spec = run.case.export.get(fmt)
     if spec is not None and spec.artefact is not None:
-        return None, f"the case's {fmt} artefact is prebuilt ({spec.artefact}): there is no quantization to re-run"
+        return None, f"the case's {fmt} artefact is prebuilt ({spec.artefact}): there is no export to re-run"
     if spec is not None and spec.function is not None:
         from parity.case import import_from_case
 
         params = inspect.signature(import_from_case(run.case, spec.function)).parameters
-        if "nodes_to_exclude" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            return None, (f"the case's export function {spec.function} takes no nodes_to_exclude option, so the "
-                          "quantization cannot be re-run with layers kept in float")
-    existing = list(_case_options(run, fmt).get("nodes_to_exclude", []))
+        if option not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return None, (f"the case's export function {spec.function} takes no {option} option, so the "
+                          f"{'quantization' if option == 'nodes_to_exclude' else 'conversion'} cannot be re-run with "
+                          "layers kept in float")
+    existing = list(_case_options(run, fmt).get(option, []))
 
     def requantize(nodes: list[str], path: Path) -> Path:
         run.export_module(fmt, run.model_for_export(), run.framework.export_inputs(run.example_inputs()), path,
                           list(run.case.inputs), run.output_names, whole=True,
-                          extra_options={"nodes_to_exclude": existing + [n for n in nodes if n not in existing]})
+                          extra_options={option: existing + [n for n in nodes if n not in existing]})
         return path
 
     return requantize, ""

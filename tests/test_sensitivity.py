@@ -150,7 +150,7 @@ def test_formats_without_a_route_say_which_formats_have_one(digits, capsys):
     text = capsys.readouterr().out
     assert code == 2
     assert "precision sensitivity supports onnx_int8" in text and "ai-edge-quantizer" in text
-    assert "fp16 sensitivity is not covered" in unsupported("coreml_fp16")
+    assert unsupported("coreml_fp16") is None
     assert "not a reduced-precision format" in unsupported("onnx")
     assert unsupported("onnx_int8") is None
 
@@ -186,3 +186,140 @@ def test_without_an_accuracy_section_the_gate_is_the_tolerance_and_an_own_functi
     assert all(r.alone is None for r in report.layers)  # nothing re-quantized, so nothing is claimed
     assert report.baseline.met, report.table()  # calibrated on its own inputs: within the int8 tolerance
     assert report.recommendation == "gate already met as exported: nothing to keep in higher precision"
+
+
+#: a projection whose outputs exceed fp16's largest value (65504) while its weights stay inside it (so
+#: coremltools casts it to fp16), then a LayerNorm that would bring them back into range: in fp16 the
+#: projection overflows to inf and the norm makes NaN; `scale` 1 is the clean model
+FP16_MODELS = '''
+import torch
+
+
+class Projected(torch.nn.Module):
+    def __init__(self, scale=1e4):
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.embed = torch.nn.Linear(64, 16)
+        self.norm = torch.nn.LayerNorm(16)
+        self.head = torch.nn.Linear(16, 4)
+        with torch.no_grad():
+            self.embed.weight.copy_(torch.randn(16, 64, generator=generator) * scale)
+            self.embed.bias.zero_()
+
+    def forward(self, x):
+        return self.head(torch.relu(self.norm(self.embed(x))))
+
+
+def overflowing():
+    return Projected(1e4)
+
+
+def clean():
+    return Projected(1.0)
+'''
+
+FP16_CASE = """
+model: {{factory: 'fp16models:{factory}'}}
+inputs:
+  x: {{shape: [64], distribution: uniform, low: 0.0, high: 1.0}}
+outputs: [y]
+batch_sizes: [1, 4]
+formats: [coreml, coreml_fp16]
+backends: [mil-ref]
+"""
+
+
+@pytest.fixture(scope="module")
+def fp16(tmp_path_factory):
+    """`parity triage overflowing -f coreml_fp16 -b mil-ref --sensitivity` run once, and the clean model's report."""
+    import contextlib
+    import io
+
+    root = tmp_path_factory.mktemp("fp16")
+    d = root / "cases"
+    d.mkdir()
+    (d / "fp16models.py").write_text(FP16_MODELS)
+    for name in ("overflowing", "clean"):
+        write_case(d, name, FP16_CASE.format(factory=name))
+    out = root / "sensitivity.json"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["overflowing", "-f", "coreml_fp16", "-b", "mil-ref", "--sensitivity", "--cases", str(d),
+                     "--build", str(root / "build"), "--json", str(out)])
+    session = Session(root / "build", root / "golden")
+    try:
+        clean = sensitivity(session.case_run(load_case(d / "clean.yaml", root=d)), "coreml_fp16", "mil-ref",
+                            workdir=root / "clean-work", max_candidates=1)
+    finally:
+        session.close()
+    return {"code": code, "text": printed.getvalue(), "report": json.loads(out.read_text()), "clean": clean,
+            "build": root / "build", "dir": d}
+
+
+def test_the_overflowing_fp16_op_ranks_first_and_keeping_it_in_fp32_meets_the_gate(fp16):
+    text, report = fp16["text"], fp16["report"]
+    ranked = sorted(report["layers"], key=lambda r: r["rank"])
+    first = ranked[0]
+    assert (first["op"], first["module"]) == ("linear", "embed"), text
+    assert first["sqnr_db"] == float("-inf") and first["own_sqnr_db"] == float("-inf"), text
+    assert {r["module"] for r in ranked} >= {"embed", "norm", "head"}, text  # and the functional relu: ""
+    norm = next(r for r in ranked if r["op"] == "layer_norm")
+    assert first["keep_with"] == [norm["node"]], text  # its fp32 output overflows at the cast back to fp16
+    assert norm["own_sqnr_db"] == 120.0  # its input is already inf: nothing measurable is its own
+
+    assert report["gate_kind"] == "tolerance" and fp16["code"] == 1
+    baseline, final = report["baseline"], report["final"]
+    assert not baseline["met"], text
+    assert report["recommended"] == [first["node"], norm["node"]] and report["met"] is True, text
+    assert final["met"] and final["figures"]["scaled_error"] < 1e-2, text  # within the fp16 tolerance
+    assert first["alone"]["met"], text
+    assert report["recommendation"].startswith(f"keep {first['node']} (linear, embed), {norm['node']} (layer_norm, "
+                                               f"norm) in fp32: error "), text
+    assert "verified by re-converting with fp32_ops" in report["recommendation"]
+    assert report["recommendation"].endswith(
+        f"export: {{coreml_fp16: {{options: {{fp32_ops: [{first['node']}, {norm['node']}]}}}}}}"), text
+    assert text.startswith("precision sensitivity of overflowing / coreml_fp16 / mil-ref\ngate: the outputs within")
+    assert f"(gate met, with {norm['node']})" in text
+    # the re-converted package the figure came from really computes those two ops in fp32, the head in fp16
+    from parity.formats.coreml.mil_ref import Evaluator, load_program
+
+    package = next(fp16["build"].rglob("sensitivity/coreml_fp16-mil-ref/exclude-0.mlpackage"))
+    ops = {op.name: op for op in Evaluator(load_program(package)[0]).ops}
+    assert ops[first["node"]].outputs[0].dtype.__name__ == "fp32"
+    assert ops[norm["node"]].outputs[0].dtype.__name__ == "fp32"
+    assert any(name.endswith("_cast_fp16") and op.op_type == "linear" for name, op in ops.items())
+
+
+def test_the_recommended_fp32_ops_option_applies_as_written_and_a_wrong_name_is_refused(fp16, tmp_path):
+    import torch
+
+    from parity.formats.coreml.export import export_fp16
+    from parity.formats.coreml.mil_ref import Evaluator, load_program
+
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fp16models", fp16["dir"] / "fp16models.py")
+    models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(models)
+    model, x = models.overflowing().eval(), torch.rand(4, 64)
+    keep = fp16["report"]["recommended"]
+    meta = export_fp16(model, (x,), tmp_path / "kept.mlpackage", input_names=["x"], output_names=["y"], fp32_ops=keep)
+    assert meta["fp32_ops"] == sorted(keep)
+    got = Evaluator(load_program(tmp_path / "kept.mlpackage")[0]).run({"x": x.numpy()})["y"]
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert abs(got - want).max() < 1e-2 * abs(want).max()
+    with pytest.raises(ValueError, match=r"fp32_ops names linear_9, which the program has no op of that name; its "
+                                         r"ops: .*linear_0"):
+        export_fp16(model, (x,), tmp_path / "wrong.mlpackage", input_names=["x"], output_names=["y"],
+                    fp32_ops=["linear_9"])
+
+
+def test_a_clean_fp16_package_needs_nothing_kept_in_fp32(fp16):
+    report = fp16["clean"]
+    assert report.baseline.met and report.met, report.table()
+    assert report.recommended == [] and report.steps == []
+    assert report.recommendation.startswith("gate already met as exported (error ")
+    assert {r.op for r in report.layers} >= {"linear", "layer_norm"}, report.table()
+    assert all(r.sqnr_db > 40 and not r.keep_with for r in report.layers), report.table()  # fp16 rounding only
+    assert report.unmatched == [], report.table()

@@ -38,6 +38,7 @@ FORMATS = [
     # another route to the same format: coremltools' torch.export frontend (opt-in: a case lists it)
     COREML.variant("coreml_pt2", f"{_P}.export:export_via_torch_export", "fp32", order=55, opt_in=True),
     COREML.variant("coreml_fp16", f"{_P}.export:export_fp16", "fp16", order=70,
+                   exporter_options=("minimum_deployment_target", "fp32_ops"),  # fp32_ops: ops kept in fp32
                    keras=_keras("coreml_fp16", ("minimum_deployment_target",))),
     COREML.variant("coreml_int8", f"{_P}.quantize:coreml_int8", "int8", order=130, exporter_options=("granularity",),
                    keras=_keras("coreml_int8", ("granularity",))),

@@ -31,7 +31,8 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
            output_names: list[str], precision: str = "fp32",
            minimum_deployment_target: Optional[str] = None,
            dynamic_axes: Optional[list[dict[int, str]]] = None,
-           dynamic_sizes: Optional[dict[str, list[int]]] = None, route: str = "trace") -> dict:
+           dynamic_sizes: Optional[dict[str, list[int]]] = None, route: str = "trace",
+           fp32_ops: Optional[list[str]] = None) -> dict:
     """Trace `model` as it is (training flag included), convert it to an mlprogram and save it at `path`.
 
     `route` is how the model reaches coremltools: ``trace`` (``torch.jit.trace``, coremltools' long-
@@ -44,6 +45,11 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
 
     ``minimum_deployment_target`` is a name of ``coremltools.target`` (``iOS16``, ``macOS13``...);
     by default coremltools picks the oldest target the program needs (iOS15 for these models).
+
+    `fp32_ops` (fp16 only) names ops of the program to keep in fp32, through coremltools' own
+    ``FP16ComputePrecision(op_selector=...)``; the names are the fp32 program's (an op converted to
+    fp16 is renamed ``<name>_cast_fp16``; an op kept in fp32 keeps its name). A name the program
+    does not have is an error, not silently ignored.
     """
     import coremltools as ct
 
@@ -52,6 +58,19 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if fp32_ops and precision != "fp16":
+        raise ValueError(f"fp32_ops keeps ops of an fp16 program in fp32; this program is {precision} already")
+    keep, offered = {str(n) for n in fp32_ops or ()}, set()
+    if keep:
+        def fp16(op) -> bool:
+            name = saved_name(op.name)
+            if op.op_type != "const":
+                offered.add(name)
+            return op.name not in keep and name not in keep
+
+        compute_precision = ct.transform.FP16ComputePrecision(op_selector=fp16)
+    else:
+        compute_precision = getattr(ct.precision, PRECISIONS[precision])
     target = deployment_target(minimum_deployment_target)
     batch = int(example_inputs[0].shape[0])
     batch_dim = ct.RangeDim(lower_bound=1, upper_bound=batch, default=batch)  # one symbol shared by every input
@@ -87,12 +106,14 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
         try:
             mlmodel = ct.convert(traced, inputs=inputs, outputs=[ct.TensorType(name=n) for n in output_names],
                                  convert_to="mlprogram",
-                                 compute_precision=getattr(ct.precision, PRECISIONS[precision]),
+                                 compute_precision=compute_precision,
                                  minimum_deployment_target=target, skip_model_load=True)
         except Exception as e:
             if errors:  # the op and its location, which coremltools logs but leaves out of the exception
                 raise RuntimeError(f"coremltools: {'; '.join(errors)}: {type(e).__name__}: {e}") from e
             raise
+        if keep:
+            _check_fp32_ops(keep, offered, mlmodel)
         mlmodel.save(str(path))
         scopes.record(mlmodel, path, "torch.jit.trace" if route == "trace" else "torch.export", handles,
                       root="model" if isinstance(model, FlatOutputs) else "")
@@ -103,10 +124,34 @@ def export(model: torch.nn.Module, example_inputs: tuple, path: Path, *, input_n
     return {"exporter": f"coremltools.convert({frontend}, convert_to='mlprogram')",
             "coremltools": ct.__version__, "torch": torch.__version__,
             "compute_precision": PRECISIONS[precision],
+            **({"fp32_ops": sorted(keep)} if keep else {}),
             "minimum_deployment_target": str(minimum_deployment_target) if target is not None else "coremltools default",
             "batch": f"flexible: ct.RangeDim(1, {batch})", "warnings": messages,
             **({"dynamic_axes": "flexible: " + ", ".join(f"{n} ct.RangeDim(1, {d.upper_bound})"
                                                          for n, d in named.items())} if named else {})}
+
+
+def _check_fp32_ops(keep: set[str], offered: set[str], mlmodel) -> None:
+    """ValueError when `keep` names an op that coremltools never offered for fp16 and the converted
+    program does not have either (coremltools keeps an op whose constant exceeds fp16's range in fp32
+    without asking the selector: such an op is still found by name)."""
+    from parity.formats.coreml import scopes
+
+    program = getattr(mlmodel, "_mil_program", None)
+    present = {saved_name(n) for n in scopes.op_scopes(program)} if program is not None else set()
+    unknown = sorted(keep - offered - present)
+    if unknown:
+        known = sorted(n for n in offered | present if not n.endswith("_cast_fp16"))
+        raise ValueError(f"fp32_ops names {', '.join(unknown)}, which the program has no op of that name; its ops: "
+                         f"{', '.join(known[:40])}{' ...' if len(known) > 40 else ''}")
+
+
+def saved_name(name: str) -> str:
+    """An op's name as the saved package has it: coremltools' backend sanitises names when it writes
+    the program (``14`` -> ``op_14``), after the passes (and fp32_ops' op_selector) saw the raw one."""
+    from coremltools.converters.mil.mil.passes.defs.preprocess import NameSanitizer
+
+    return NameSanitizer(prefix="op_").sanitize_name(name)
 
 
 @contextlib.contextmanager
