@@ -28,7 +28,9 @@ def _flag(value, module) -> object:
 
 def lint(path: Path) -> list[Finding]:
     """Walk each submodule's own graph, so every finding is attributed to its module path."""
-    root = torch.jit.load(str(path), map_location="cpu")
+    from parity.formats.torchscript.runner import load_module
+
+    root = load_module(path, "cpu")
     findings = []
     for module_path, module in root.named_modules():
         try:

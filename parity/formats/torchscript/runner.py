@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -20,15 +21,20 @@ from parity.frameworks.torch_tensors import cuda_unavailable_reason
 
 def load_module(path: Path, backend: str) -> torch.jit.ScriptModule:
     """The TorchScript module saved at `path`, its tensors on `backend`."""
+    def load():
+        with warnings.catch_warnings():  # torch 2.9+ calls torch.jit.load deprecated: testing TorchScript is the point
+            warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\.load.*")
+            return torch.jit.load(str(path), map_location=backend)
+
     try:
-        return torch.jit.load(str(path), map_location=backend)
+        return load()
     except RuntimeError as e:
         # a program calling a library's registered ops (torchvision::nms) needs the library imported
         library = re.search(r"Unknown builtin op: (\w+)::", str(e))
         if library is None or importlib.util.find_spec(library.group(1)) is None:
             raise
         importlib.import_module(library.group(1))
-        return torch.jit.load(str(path), map_location=backend)
+        return load()
 
 
 class TorchScriptRunner(Runner):
