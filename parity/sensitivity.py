@@ -193,7 +193,7 @@ def _own_sqnr(sqnr: float, input_sqnr: Optional[float]) -> float:
 
 def sensitivity(run, fmt: str, backend: str = "cpu", workdir: Optional[Path] = None,
                 max_candidates: int = 8) -> SensitivityReport:
-    """Rank the quantized layers of `fmt` by SQNR and recommend, verified by re-quantizing, the fewest
+    """Rank the reduced-precision layers of `fmt` by SQNR and recommend, verified by re-exporting, the fewest
     to keep in fp32 for the case of `run` to meet its gate."""
     reason = unsupported(fmt)
     if reason:
@@ -277,8 +277,8 @@ def sensitivity(run, fmt: str, backend: str = "cpu", workdir: Optional[Path] = N
         report.final = last
         report.recommendation = (f"no verified recommendation: keeping the {len(candidates)} most sensitive layers "
                                  f"in fp32 reaches {last.headline(report.gate_kind)}, still short of the gate; the "
-                                 "error is not in a few layers' quantization (calibration data, activation ranges, "
-                                 "or the fp32 export itself)")
+                                 "error is not in a few layers' reduced precision (calibration data, activation "
+                                 "ranges, or the fp32 export itself)")
         return report
     single = next((r.unit for r in candidates if r.alone["met"]), None)
     if single is not None:

@@ -12,8 +12,9 @@ of the same type and the same module in both programs' scope files
 Both packages are evaluated once by parity's MIL reference evaluator with every op's output kept: the
 values are what the programs compute in their own dtypes, not what the Core ML runtime does on a
 device. An op's input is taken before the ``cast`` that feeds it (kept in fp32, the op would read
-that value), so the overflow of a cast into fp16 is the noise of the op after it. An op kept in fp32 whose fp32 output exceeds fp16's largest value (65504) would overflow at the
-cast back to fp16, so its consumers must stay in fp32 too: each op says which (``keep_with``).
+that value), so the overflow of a cast into fp16 is the noise of the op after it. An op kept in fp32
+whose fp32 output exceeds fp16's largest value (65504) would overflow at the cast back to fp16, so
+its consumers must stay in fp32 too: each op says which (``keep_with``).
 """
 
 from __future__ import annotations
