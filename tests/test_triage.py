@@ -12,7 +12,12 @@ from parity.catalog import load_case
 from parity.formats import FORMATS as REGISTRY
 from parity.triage import main, triage
 
-FORMATS = ("torchscript", "onnx", "pt2")
+#: every format whose triage reads the artefact's own tensors, and the backend the planted bugs run on there
+BACKENDS = {"torchscript": "cpu", "onnx": "cpu", "pt2": "cpu", "tflite": "cpu", "coreml": "mil-ref"}
+FORMATS = tuple(BACKENDS)
+#: converters that fold a convolution into the inference BatchNorm after it (the dynamo ONNX exporter,
+#: litert-torch, coremltools): the conv has no tensor of its own, the BatchNorm's tensor holds both
+FOLD_CONV_INTO_BATCHNORM = ("onnx", "tflite", "coreml")
 #: formats whose triage reads the artefact's own intermediate tensors (the others export module by module);
 #: test_the_formats_that_read_their_own_tensors pins the list
 IN_ARTEFACT = tuple(f for f in ("torchscript", "onnx", "pt2", "tflite", "coreml") if REGISTRY[f].intermediates)
@@ -87,19 +92,25 @@ def test_batchnorm_in_training_mode_onnx_exports_running_statistics(cases):
     assert "layer2.0.bn1" in report.summary and "training mode" in report.summary
 
 
+#: resnet18's convolutions: each is followed by an inference BatchNorm
+CONVS = {"conv1", *(f"layer{i}.{j}.conv{k}" for i in range(1, 5) for j in (0, 1) for k in (1, 2)),
+         *(f"layer{i}.0.downsample.0" for i in range(2, 5))}
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_perturbed_weight_in_a_middle_layer(cases, fmt):
-    report = triage(cases["weight"], fmt, "cpu")
-    if fmt == "onnx":  # read inside the artefact: the exporter folded conv2 into bn2's tensor, and says so
-        assert report.method.startswith("the artefact's own intermediate tensors"), report.table()
+    report = triage(cases["weight"], fmt, BACKENDS[fmt])
+    if fmt in FOLD_CONV_INTO_BATCHNORM:  # the converter folded conv2 into bn2's tensor: bn2 is named, with conv2
         assert report.first_divergence == "layer3.0.bn2" and report.fused_with == ["layer3.0.conv2"], report.table()
+        assert report.op == "BatchNorm2d"
         assert "its tensor also holds layer3.0.conv2, fused into it by the exporter" in report.summary
+        assert any(u.startswith("layer3.0.conv2: no tensor of its own") for u in report.unmapped), report.unmapped
         path = "layer3.0.bn2"
-    else:  # pt2: nothing is fused in an ATen graph, so the convolution has its own tensor
-        assert report.first_divergence == "layer3.0.conv2", report.table()
+    else:  # torchscript, pt2: nothing is folded, so the convolution has its own tensor
+        assert report.first_divergence == "layer3.0.conv2" and report.fused_with == [], report.table()
         assert report.op == "Conv2d"
-        assert report.method.startswith("the artefact's own" if fmt in IN_ARTEFACT else "each module exported")
         path = "layer3.0.conv2"
+    assert report.method.startswith("the artefact's own" if fmt in IN_ARTEFACT else "each module exported")
     assert "computes something else than eager" in report.cause
     assert report.batch_dependent is False
     row = next(r for r in report.rows if r.path == path)
@@ -107,24 +118,38 @@ def test_perturbed_weight_in_a_middle_layer(cases, fmt):
     if fmt in IN_ARTEFACT:  # every tensor before it matched: the divergence starts there, not carried from earlier
         before = report.rows[:report.rows.index(row)]
         assert len(before) > 10 and all(r.status == "pass" for r in before)
+        assert "layer3.0.bn1" in {r.path for r in before}  # conv2's input, through the block's relu, matched
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_replaced_activation(cases, fmt):
-    report = triage(cases["gelu"], fmt, "cpu")
+    report = triage(cases["gelu"], fmt, BACKENDS[fmt])
     assert report.first_divergence == "mid.3", report.table()
-    assert report.op == "GELU"
+    assert report.op == "GELU" and report.fused_with == []
+    assert report.summary.startswith("first divergence: mid.3 (GELU), computes something else than eager")
+    assert report.batch_dependent is False
+    if fmt in IN_ARTEFACT:  # every module up to it has a tensor of its own, all matching: the conv before it too
+        assert report.method.startswith("the artefact's own intermediate tensors"), report.table()
+        assert [(r.path, r.status) for r in report.rows[:6]] == [
+            ("stem.0", "pass"), ("stem.1", "pass"), ("mid.0", "pass"), ("mid.1", "pass"), ("mid.2", "pass"),
+            ("mid.3", "fail")], report.table()
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_clean_case_reports_no_divergence(cases, fmt):
-    report = triage(cases["clean"], fmt, "cpu")
+    report = triage(cases["clean"], fmt, BACKENDS[fmt])
     assert report.first_divergence is None
     every = "every module compared" if fmt in IN_ARTEFACT else "every top-level module"
     assert report.summary == f"no divergence: {every} matches eager within tolerance"
     if fmt in IN_ARTEFACT:  # every module with a tensor of its own, inner ones included, all within tolerance
         assert len(report.rows) > 20 and all(r.status == "pass" for r in report.rows)
         assert {"layer3.0.bn2", "layer4.1", "fc"} <= {r.path for r in report.rows}
+        compared = {r.path for r in report.rows}
+        tensorless = {u.split(":")[0] for u in report.unmapped if ": no tensor of its own" in u}
+        if fmt in FOLD_CONV_INTO_BATCHNORM:  # every conv folded into its BatchNorm: listed, never dropped
+            assert CONVS <= tensorless and not CONVS & compared, report.table()
+        else:
+            assert CONVS <= compared, report.table()
     else:
         assert {r.path for r in report.rows} == {"conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3",
                                                  "layer4", "avgpool", "fc"}
@@ -384,3 +409,20 @@ def test_module_by_module_fallback_names_the_batchnorm_and_its_batch_dependence(
     assert report.summary == ("first divergence: layer2.0.bn1 (BatchNorm2d), batch statistics at inference; "
                               "module is in training mode")
     assert next(r for r in report.rows if r.path == "layer2.0.conv1").batch_dependent is False
+
+
+def test_the_documented_vit_session_reproduces(tmp_path):
+    """docs/triage.md walks through this case (docs/examples/vit_bf16): the verdict it shows must hold."""
+    from pathlib import Path
+
+    cases = Path(__file__).resolve().parents[1] / "docs" / "examples" / "vit_bf16" / "cases"
+    session = Session(tmp_path / "build", tmp_path / "golden")
+    try:
+        report = triage(session.case_run(load_case(cases / "vit_bf16.yaml", root=cases)), "onnx", "cpu")
+    finally:
+        session.close()
+    assert report.first_divergence == "blocks.1.attn.qkv", report.table()
+    rows = {r.path: r for r in report.rows}
+    assert rows["blocks.1"].status == "pass"  # the residual stream hides it, as the docs explain
+    assert all(r.status == "pass" for r in report.rows[:report.rows.index(rows["blocks.1.attn.qkv"])])
+    assert report.summary.startswith("first divergence: blocks.1.attn.qkv (Linear), computes something else")
