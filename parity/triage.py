@@ -169,6 +169,33 @@ def _tensors(obj) -> Optional[list]:
     return None
 
 
+def _output_tensors(obj) -> list:
+    """The tensors of a module's output, leaving out what is not one (the ``None`` of a Hugging Face
+    attention returning ``(context, None)`` when it is not asked for its weights)."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _output_tensors(o)]
+    if isinstance(obj, dict):
+        return _output_tensors(list(obj.values()))
+    return []
+
+
+def _regrouped(eager: tuple, got: tuple) -> bool:
+    """Whether `got` is `eager` with its leading axes merged or split in row-major order (a TFLite fully
+    connected op computes a [2, 10, 16] sequence as [20, 16]): the same trailing axes, and leading
+    axes of the same size."""
+    eager, got = tuple(eager), tuple(got)
+    if eager == got or int(np.prod(eager)) != int(np.prod(got)) or not eager or not got:
+        return False
+    for k in range(1, min(len(eager), len(got)) + 1):
+        if eager[-k] != got[-k]:
+            return int(np.prod(eager[:len(eager) - k + 1])) == int(np.prod(got[:len(got) - k + 1])) and k > 1
+    return True
+
+
 def triage(run: CaseRun, fmt: str, backend: str, workdir: Optional[Path] = None) -> TriageReport:
     """Localise the divergence of `fmt` on `backend` for the case of `run`."""
     if run.case.framework != "torch":
@@ -345,8 +372,12 @@ def _in_artefact(run: CaseRun, fmt: str, backend: str, records: dict, modules: d
             report.unmapped.append(f"{item.module}: called {calls[item.module]} times in forward(); which call a "
                                    "tensor belongs to is ambiguous")
             continue
-        expected = [t.detach().cpu().numpy() for t in (_tensors(records[item.module][2]) or [])]
+        expected = [t.detach().cpu().numpy() for t in _output_tensors(records[item.module][2])]
         match = next((e for e in expected if tuple(e.shape) == tuple(item.value.shape)), None)
+        if match is None:  # a converter that flattens leading axes ([2, 10, 16] as [20, 16] for a fully connected op)
+            match = next((e for e in expected if _regrouped(e.shape, item.value.shape)), None)
+            if match is not None:
+                item.value = item.value.reshape(match.shape)
         if match is None:
             report.unmapped.append(f"{item.module} (tensor {item.tensor}, shape {list(item.value.shape)}): eager "
                                    f"output shapes {[list(e.shape) for e in expected]} differ")
@@ -385,6 +416,8 @@ def _in_artefact(run: CaseRun, fmt: str, backend: str, records: dict, modules: d
             again = read(path, copies, backend, set(records))
             solo = next((i.value for i in again.mapped if i.tensor == first.tensor), None)
             together = next(i.value for i in got.mapped if i.tensor == first.tensor)
+            if solo is not None and solo.size == together.size:
+                solo = solo.reshape(together.shape)  # regrouped like `together` was to match eager
             if solo is not None and solo.shape == together.shape:
                 c = compare_outputs({"t": together[:1]}, {"t": solo[:1]}, lambda n: tol)[0]
                 first.batch_dependent = not c.passed and not c.vacuous

@@ -426,3 +426,79 @@ def test_the_documented_vit_session_reproduces(tmp_path):
     assert rows["blocks.1"].status == "pass"  # the residual stream hides it, as the docs explain
     assert all(r.status == "pass" for r in report.rows[:report.rows.index(rows["blocks.1.attn.qkv"])])
     assert report.summary.startswith("first divergence: blocks.1.attn.qkv (Linear), computes something else")
+
+
+def test_output_shapes_regrouped_along_leading_axes_only():
+    from parity.triage import _regrouped
+
+    assert _regrouped((2, 10, 16), (20, 16))  # a fully connected op over a sequence
+    assert _regrouped((2, 10, 24), (1, 20, 24))
+    assert _regrouped((20, 16), (2, 10, 16))
+    assert not _regrouped((2, 10, 16), (2, 10, 16))  # nothing to regroup
+    assert not _regrouped((4, 512, 1, 1), (4, 512))  # a squeezed shape is not guessed
+    assert not _regrouped((2, 16, 8, 8), (2, 8, 8, 16))  # channels-last is the reader's to undo, not a reshape
+    assert not _regrouped((2, 10, 16), (2, 16, 10))  # transposed
+    assert not _regrouped((2, 10, 16), (40, 8))  # the last axis split
+
+
+TUPLE_WITH_NONE = '''
+import torch
+from torch import nn
+
+
+class Attention(nn.Module):
+    """Returns (context, None) as Hugging Face attention does when its weights are not asked for."""
+
+    def __init__(self):
+        super().__init__()
+        self.query = nn.Linear(6, 6)
+
+    def forward(self, x):
+        return torch.softmax(self.query(x), -1) * x, None
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = Attention()
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x):
+        context, _ = self.attn(x)
+        return self.out(context)
+
+
+def net():
+    torch.manual_seed(0)
+    return Net().eval()
+
+
+def planted_export(model, example_inputs, path):
+    from parity.formats.torchscript.export import export
+
+    with torch.no_grad():
+        model.attn.query.weight.mul_(1.02)
+    return export(model, example_inputs, path, input_names=["x"], output_names=["y"])
+'''
+
+
+def test_a_module_returning_a_tensor_and_none_is_compared(tmp_path):
+    """A module whose output holds a None beside its tensor is compared on the tensor, not listed as
+    having no output of eager's shape."""
+    d = tmp_path / "cases"
+    d.mkdir()
+    (d / "none_models.py").write_text(TUPLE_WITH_NONE)
+    body = "model: {factory: 'none_models:net'}\ninputs: {x: {shape: [4, 6]}}\nbatch_sizes: [2]\n" \
+           "formats: [torchscript]\nbackends: [cpu]\n"
+    session = Session(tmp_path / "build", tmp_path / "golden")
+    try:
+        clean = triage(session.case_run(load_case(write_case(d, "clean", body))), "torchscript", "cpu")
+        assert clean.first_divergence is None, clean.table()
+        assert "attn" in [r.path for r in clean.rows], clean.table()
+        assert not any("eager output shapes" in u for u in clean.unmapped), clean.unmapped
+        planted = body + "export:\n  torchscript: {function: 'none_models:planted_export'}\n"
+        report = triage(session.case_run(load_case(write_case(d, "planted", planted))), "torchscript", "cpu")
+        assert report.first_divergence == "attn.query", report.table()
+        assert [r.path for r in report.rows if r.status == "fail"][:2] == ["attn.query", "attn"], report.table()
+    finally:
+        session.close()

@@ -204,3 +204,66 @@ def test_the_note_reports_what_preserve_all_tensors_changed():
     assert "differ from the plain run's by up to 0.001 (0.0005 of max|output|)" in changed
     nan = plain_run_agreement({1: out}, {1: np.array([[np.nan, -2.0]], dtype=np.float32)})
     assert "NaN/Inf where the plain run has none" in nan
+
+
+SEQUENCE_MODELS = '''
+import torch
+from torch import nn
+
+
+class Tagger(nn.Module):
+    """Per-token layers over a [batch, seq, features] input: litert-torch computes each Linear as a
+    FULLY_CONNECTED op on [batch * seq, features], and the recurrent layer between them keeps its shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+        self.rnn = nn.GRU(8, 6, batch_first=True)
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x):
+        out, _ = self.rnn(torch.tanh(self.proj(x)))
+        return self.head(out)
+
+
+def tagger():
+    torch.manual_seed(0)
+    return Tagger().eval()
+
+
+def perturbed_export(model, example_inputs, path):
+    """A user's own TFLite export with a bug: the first Linear's weights scaled by 2%."""
+    from parity.formats.tflite.export import export
+
+    with torch.no_grad():
+        model.proj.weight.mul_(1.02)
+    return export(model, example_inputs, path, input_names=["x"], output_names=["tags"])
+'''
+
+
+@pytest.fixture(scope="module")
+def sequence_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tflite_sequence")
+    d = root / "cases"
+    d.mkdir()
+    (d / "sequence_models.py").write_text(SEQUENCE_MODELS)
+    session = Session(root / "build", root / "golden")
+    case = "model: {factory: 'sequence_models:tagger'}\ninputs: {x: {shape: [5, 8]}}\nbatch_sizes: [2]\n" \
+           "formats: [tflite]\nbackends: [cpu]\n"
+    bodies = {"clean": case,
+              "weight": case + "export:\n  tflite: {function: 'sequence_models:perturbed_export'}\n"}
+    yield {name: session.case_run(load_case(write_case(d, name, body))) for name, body in bodies.items()}
+    session.close()
+
+
+def test_a_linear_over_a_sequence_is_compared_with_its_leading_axes_regrouped(sequence_runs):
+    """TFLite's fully connected op flattens [2, 5, 8] to [10, 8]: compared as eager's shape, the Linear
+    whose weights were scaled is named, not the GRU after it."""
+    clean = triage(sequence_runs["clean"], "tflite", "cpu")
+    assert clean.first_divergence is None, clean.table()
+    assert {"proj", "rnn", "head"} <= {r.path for r in clean.rows}, clean.table()
+    assert not any(u.startswith("proj ") for u in clean.unmapped), clean.unmapped
+    report = triage(sequence_runs["weight"], "tflite", "cpu")
+    assert report.first_divergence == "proj", report.table()
+    assert report.summary.startswith("first divergence: proj (Linear), computes something else than eager")
+    assert report.batch_dependent is False
