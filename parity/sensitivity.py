@@ -61,12 +61,13 @@ ROUTES = {
                        "the case quantization with nodes_to_exclude"),
     "coreml_fp16": Route("parity.formats.coreml.sensitivity:layer_tensors", "coreml", "fp32_ops", "re-converting",
                          "the case conversion with fp32_ops, coremltools' FP16ComputePrecision op_selector"),
+    "tflite_int8": Route("parity.formats.tflite.sensitivity:layer_tensors", "tflite", "float_ops", "re-quantizing",
+                         "the case quantization with float_ops, ai-edge-quantizer recipe entries with algorithm_key "
+                         "no_quantize"),
 }
 
 #: why the other reduced-precision formats have none yet
 NOT_COVERED = {
-    "tflite_int8": "ai-edge-quantizer can keep ops in float through its recipe (an op-name regex per entry); that "
-                   "route is not implemented yet",
     "coreml_int8": "coremltools' linear quantizer takes per-op configs (op_name_configs); that route is not "
                    "implemented yet",
     "torchscript_int8": "torch.ao dynamic quantization quantizes by module type (a qconfig per module would be the "
@@ -179,7 +180,8 @@ def unsupported(fmt: str) -> Optional[str]:
         return None
     why = NOT_COVERED.get(fmt, "it is not a reduced-precision format (nothing was quantized to undo)")
     return (f"precision sensitivity supports {', '.join(ROUTES)} (it re-exports with the tool's own option, "
-            f"onnxruntime's nodes_to_exclude or coremltools' op_selector, to verify each recommendation); {fmt}: {why}")
+            f"onnxruntime's nodes_to_exclude, coremltools' op_selector or ai-edge-quantizer's recipe, to verify each "
+            f"recommendation); {fmt}: {why}")
 
 
 def _own_sqnr(sqnr: float, input_sqnr: Optional[float]) -> float:
@@ -322,8 +324,17 @@ def _requantizer(run, fmt: str, workdir: Path) -> tuple[Callable[[list[str], Pat
         params = inspect.signature(import_from_case(run.case, spec.function)).parameters
         if option not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
             return None, (f"the case's export function {spec.function} takes no {option} option, so the "
-                          f"{'quantization' if option == 'nodes_to_exclude' else 'conversion'} cannot be re-run with "
+                          f"{'conversion' if option == 'fp32_ops' else 'quantization'} cannot be re-run with "
                           "layers kept in float")
+    else:
+        from parity.case import load_object
+        from parity.formats import FORMATS
+
+        params = inspect.signature(load_object(FORMATS[fmt].route(run.case.framework).exporter)).parameters
+        if option not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return None, (f"the built-in {fmt} exporter for {run.case.framework} takes no {option} option, so the "
+                          f"{'conversion' if option == 'fp32_ops' else 'quantization'} cannot be re-run with layers "
+                          "kept in float")
     existing = list(_case_options(run, fmt).get(option, []))
 
     def requantize(nodes: list[str], path: Path) -> Path:

@@ -41,7 +41,8 @@ FORMATS = [
                    install=ONNX2TF_INSTALL,
                    distributions=("torch", "onnx", "onnxscript", "onnx2tf", "tensorflow", "tf-keras",
                                   "onnx-graphsurgeon", "ai-edge-litert")),
-    TFLITE.variant("tflite_int8", f"{_P}.quantize:tflite_int8", "int8", order=110, exporter_options=("recipe_name",),
+    TFLITE.variant("tflite_int8", f"{_P}.quantize:tflite_int8", "int8", order=110,
+                   exporter_options=("recipe_name", "recipe", "float_ops"),  # float_ops: op scopes kept in float
                    requires=(*TFLITE.requires, "ai_edge_quantizer"),
                    distributions=(*TFLITE.distributions, "ai-edge-quantizer"),
                    keras=keras_route(f"{_P}.keras:tflite_int8", distributions=("ai-edge-litert",))),
