@@ -204,8 +204,11 @@ def planted_export(model, example_inputs, path, bug="weight"):
                 else:
                     module.approximate = "tanh"
     suffix = str(path).rsplit(".", 1)[-1]
-    fmt = {"pt": "torchscript", "onnx": "onnx", "pt2": "pt2"}[suffix]
-    exporter = importlib.import_module(f"parity.formats.{fmt}.export").export
+    # tflite: a static batch, the one of example_inputs (the engine calls it once per batch size it needs);
+    # mlpackage: the fp32 program, its batch a RangeDim up to example_inputs' (no shape variants here)
+    fmt, name = {"pt": ("torchscript", "export"), "onnx": ("onnx", "export"), "pt2": ("pt2", "export"),
+                 "tflite": ("tflite", "export"), "mlpackage": ("coreml", "export_fp32")}[suffix]
+    exporter = getattr(importlib.import_module(f"parity.formats.{fmt}.export"), name)
     names_in = [f"input{i}" for i in range(len(example_inputs))]
     extra = {"batch_sizes": [example_inputs[0].shape[0]]} if fmt == "pt2" else {}
     return exporter(model, example_inputs, path, input_names=names_in, output_names=["output0"], **extra)
