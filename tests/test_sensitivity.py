@@ -145,12 +145,13 @@ def test_cli_flag_prints_the_table_naming_the_layer(planted):
 
 
 def test_formats_without_a_route_say_which_formats_have_one(digits, capsys):
-    code = main(["clean", "-f", "tflite_int8", "--sensitivity", "--cases", str(digits["dir"]),
+    code = main(["clean", "-f", "coreml_int8", "--sensitivity", "--cases", str(digits["dir"]),
                  "--build", str(digits["build"])])
     text = capsys.readouterr().out
     assert code == 2
-    assert "precision sensitivity supports onnx_int8" in text and "ai-edge-quantizer" in text
-    assert unsupported("coreml_fp16") is None
+    assert "precision sensitivity supports onnx_int8, coreml_fp16, tflite_int8" in text, text
+    assert "coreml_int8: coremltools' linear quantizer takes per-op configs (op_name_configs)" in text, text
+    assert unsupported("coreml_fp16") is None and unsupported("tflite_int8") is None
     assert "not a reduced-precision format" in unsupported("onnx")
     assert unsupported("onnx_int8") is None
 
@@ -323,3 +324,141 @@ def test_a_clean_fp16_package_needs_nothing_kept_in_fp32(fp16):
     assert {r.op for r in report.layers} >= {"linear", "layer_norm"}, report.table()
     assert all(r.sqnr_db > 40 and not r.keep_with for r in report.layers), report.table()  # fp16 rounding only
     assert report.unmatched == [], report.table()
+
+
+#: the digits CNN through parity's tflite_int8 route, its second convolution (features.3, whose fused
+#: ReLU is features.5: the scope regex ``ReLU_5;``) given 2-bit tensorwise weights by one more recipe
+#: entry of ai-edge-quantizer's own (weight-only, dequantized before the float conv)
+TFLITE_DIGITS = """
+model:
+  factory: parity_examples.zoo:digits_cnn
+  weights: weights/digits_cnn.safetensors
+  seed: 0
+inputs:
+  image: {shape: [1, 8, 8], distribution: uniform, low: 0.0, high: 1.0}
+outputs: [logits]
+batch_sizes: [8]
+formats: [tflite, tflite_int8]
+backends: [cpu]
+accuracy:
+  evaluation: {source: digits, split: test}
+  calibration: {source: digits, split: calibration}
+  max_accuracy_drop: 1.0
+  min_top1_agreement: 0.97
+"""
+
+TWO_BIT = """export:
+  tflite_int8:
+    options:
+      recipe:
+        - regex: 'ReLU_5;'
+          operation: '*'
+          algorithm_key: min_max_uniform_quantize
+          op_config:
+            weight_tensor_config: {num_bits: 2, symmetric: true, granularity: TENSORWISE, dtype: INT}
+            compute_precision: FLOAT
+            explicit_dequantize: true
+            skip_checks: true
+"""
+
+
+@pytest.fixture(scope="module")
+def tflite(tmp_path_factory):
+    """`parity triage two_bit -f tflite_int8 --sensitivity` run once, and the clean digits model's report."""
+    import contextlib
+    import io
+
+    root = tmp_path_factory.mktemp("tflite")
+    d = root / "cases"
+    (d / "weights").mkdir(parents=True)
+    shutil.copy(ROOT / "cases" / "weights" / "digits_cnn.safetensors", d / "weights")
+    write_case(d, "two_bit", TFLITE_DIGITS + TWO_BIT)
+    write_case(d, "clean", TFLITE_DIGITS)
+    out = root / "sensitivity.json"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["two_bit", "-f", "tflite_int8", "--sensitivity", "--cases", str(d), "--build",
+                     str(root / "build"), "--json", str(out)])
+    session = Session(root / "build", root / "golden")
+    try:
+        clean = sensitivity(session.case_run(load_case(d / "clean.yaml", root=d)), "tflite_int8", "cpu",
+                            workdir=root / "clean-work", max_candidates=1)
+    finally:
+        session.close()
+    return {"code": code, "text": printed.getvalue(), "report": json.loads(out.read_text()), "clean": clean,
+            "build": root / "build"}
+
+
+def test_the_two_bit_tflite_conv_ranks_first_and_keeping_it_in_float_meets_the_gate(tflite):
+    text, report = tflite["text"], tflite["report"]
+    ranked = sorted(report["layers"], key=lambda r: r["rank"])
+    assert [(r["node"], r["op"], r["module"]) for r in ranked][0] == ("ReLU_5;", "CONV_2D", "features.3"), text
+    assert {(r["op"], r["module"]) for r in ranked} == {("DEPTHWISE_CONV_2D", "features.0"),
+                                                         ("CONV_2D", "features.3"),
+                                                         ("FULLY_CONNECTED", "classifier")}, text
+    assert ranked[0]["own_sqnr_db"] < 5 < 25 < min(r["own_sqnr_db"] for r in ranked[1:]), text
+    assert report["unmatched"] == []
+
+    assert report["gate_kind"] == "accuracy" and tflite["code"] == 1
+    baseline, final = report["baseline"], report["final"]
+    assert not baseline["met"] and baseline["figures"]["accuracy_drop"] > 10, text
+    assert report["recommended"] == ["ReLU_5;"] and report["met"] is True, text
+    assert final["met"] and final["excluded"] == ["ReLU_5;"], text
+    assert final["figures"]["accuracy"] >= final["figures"]["fp32_accuracy"] - 1.0
+    assert final["figures"]["top1_agreement"] >= 0.97
+    assert ranked[0]["alone"]["met"] and not any(r["alone"]["met"] for r in ranked[1:]), text
+    assert report["recommendation"].startswith(
+        f"keep ReLU_5; (CONV_2D, features.3) in fp32: accuracy {baseline['figures']['accuracy']:.2f}% -> "
+        f"{final['figures']['accuracy']:.2f}%, gate met (max drop 1 point(s)"), text
+    assert "verified by re-quantizing with float_ops" in report["recommendation"]
+    assert report["recommendation"].endswith("export: {tflite_int8: {options: {float_ops: [ReLU_5;]}}}"), text
+    assert text.startswith("precision sensitivity of two_bit / tflite_int8 / cpu\ngate: max drop 1 point(s)")
+    # the re-quantized file the figure came from computes that conv in float: float weights, float output,
+    # a DEQUANTIZE before it and a QUANTIZE after it; the other two layers stay INT8
+    from parity.formats.tflite.sensitivity import _graph
+
+    graph = _graph(next(tflite["build"].rglob("sensitivity/tflite_int8-cpu/exclude-0.tflite")))
+    tensors = graph.model.subgraphs[0].tensors
+    kinds = [kind for kind, _, _ in graph.ops]
+    conv = kinds.index("CONV_2D")
+    _, ins, outs = graph.ops[conv]
+    assert tensors[ins[1]].type == tensors[outs[0]].type == 0  # FLOAT32
+    assert kinds[conv - 1] == "DEQUANTIZE" and kinds[conv + 1] == "QUANTIZE", kinds
+    for other in ("DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+        assert tensors[graph.ops[kinds.index(other)][2][0]].type == 9  # INT8
+
+
+def test_a_clean_tflite_int8_artefact_needs_nothing_kept_in_float(tflite):
+    report = tflite["clean"]
+    assert report.baseline.met and report.met, report.table()
+    assert report.recommended == [] and report.steps == []
+    assert report.recommendation.startswith("gate already met as exported (accuracy ")
+    assert [r.node for r in report.layers] == ["ReLU_2;", "ReLU_5;", "serving_default_output_0_output;"]
+    assert all(r.sqnr_db > 25 for r in report.layers), report.table()  # every layer quantized fine
+    assert report.unmatched == [] and sum(r.alone is not None for r in report.layers) == 1
+
+
+def test_float_ops_that_match_no_op_are_refused_naming_the_scopes():
+    from parity.formats.tflite.quantize import float_recipe
+
+    scopes = [("CONV_2D", "a/torch.nn.modules.activation.ReLU_5;;a/torch.nn.modules.conv.Conv2d_3;1;"),
+              ("FULLY_CONNECTED", "serving_default_output_0_output;")]
+    entries, kept = float_recipe(["ReLU_5;"], scopes)
+    assert entries == [{"regex": "ReLU_5;", "operation": "*", "algorithm_key": "no_quantize"}]
+    assert kept == {"ReLU_5;": ["CONV_2D #0"]}
+    with pytest.raises(ValueError, match=r"float_ops entry 'ReLU_9;' matches no op of the float model .*the ops' "
+                                         r"scopes: #0 CONV_2D: a/torch.*; #1 FULLY_CONNECTED: serving_default"):
+        float_recipe(["ReLU_9;"], scopes)
+    with pytest.raises(ValueError, match=r"float_ops entry 'Conv2d_\(' is not a regular expression"):
+        float_recipe(["Conv2d_("], scopes)
+
+
+def test_scope_regex_picks_one_op_alone():
+    from parity.formats.tflite.sensitivity import scope_regex
+
+    scopes = ["m/torch.nn.modules.conv.Conv2d_0;1;",  # the RESHAPE before the depthwise conv carries its location
+              "m/torch.nn.modules.activation.ReLU_2;;m/torch.nn.modules.conv.Conv2d_0;1;",
+              "m/torch.nn.modules.activation.ReLU_2;;m/torch.nn.modules.conv.Conv2d_0;1;"]
+    assert scope_regex(1, scopes[:2]) == "ReLU_2;"
+    assert scope_regex(0, scopes[:2]) == "^" + __import__("re").escape(scopes[0]) + "$"
+    assert scope_regex(2, scopes) == "^" + __import__("re").escape(scopes[2]) + "$"  # no regex tells twins apart

@@ -96,7 +96,8 @@ def tflite_int8(model, example_inputs: tuple, path: Path, *, input_names: list[s
         feeds = [{name: v[start:start + batch] for name, v in zip(names, calibration.values())}
                  for start in range(0, n - batch + 1, batch)]
         result = q.calibrate({key: feeds})
-        q.quantize(result).export_model(str(path), overwrite=True)
+        # its report goes to stdout, where it would run into parity's own (triage prints its table there)
+        q.quantize(result, enable_progress_report=False).export_model(str(path), overwrite=True)
     return {**meta, "route": f"ai-edge-quantizer {recipe_name} on the litert-torch float model",
             **({"recipe": [dict(e) for e in recipe]} if recipe else {}),
             **({"float_ops": kept} if kept else {})}
