@@ -518,7 +518,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--allow-external-paths", action="store_true",
                         help="let the case read files outside its directory of case files")
     parser.add_argument("--sensitivity", action="store_true",
-                        help="for a reduced-precision format (onnx_int8, coreml_fp16): each layer's SQNR against fp32 "
+                        help="for a reduced-precision format (onnx_int8, coreml_fp16, tflite_int8): each layer's SQNR "
+                             "against fp32 "
                              "and the fewest layers to keep in fp32 to meet the case's accuracy gate, verified by "
                              "re-exporting with them kept in fp32")
     args = parser.parse_args(argv)
