@@ -60,7 +60,9 @@ def strip(path: str, known: set[str]) -> str:
 def module_tensors(nodes: Sequence[Node], graph_outputs: set[str],
                    known_modules: set[str]) -> tuple[dict[str, tuple[str, str, int]], list[str]]:
     """{module path: (tensor name, op, node index)} of the modules whose output is one tensor of the
-    graph, and the modules seen in the nodes' scopes that have none."""
+    graph, and the known modules that have none: seen in the nodes' scopes without a tensor read outside
+    them, or in no node's scopes at all (a Conv the exporter folded into the BatchNorm after it, whose
+    one node carries the BatchNorm's scope; a module without ops, an Identity)."""
     scopes = [[strip(s, known_modules) for s in n.scopes] for n in nodes]
     consumers: dict[str, list[int]] = {}
     for i, node in enumerate(nodes):
@@ -75,7 +77,7 @@ def module_tensors(nodes: Sequence[Node], graph_outputs: set[str],
                 leaves = name in graph_outputs or any(module not in scopes[j] for j in consumers.get(name, []))
                 if name and leaves:
                     found[module] = (name, node.op, i)  # the last such node wins
-    return found, sorted(m for m in seen if m not in found)
+    return found, sorted((seen | set(known_modules)) - set(found))
 
 
 def collect(nodes: Sequence[Node], values: dict[str, np.ndarray], found: dict[str, tuple[str, str, int]],

@@ -57,9 +57,7 @@ def intermediates(path: Path, feeds: dict[str, np.ndarray], backend: str, known_
     nodes = [Node(op.name, op.op_type, [strip(s, known_modules) for s in by_op.get(op.name, [])],
                   [n for value in op.inputs.values() for n in _names(value)], [v.name for v in op.outputs])
              for op in ops]
-    found, unmapped = module_tensors(nodes, set(evaluator.output_names), known_modules)
-    seen = {s for node in nodes for s in node.scopes}  # a Conv fused into a BatchNorm leaves no op of its own
-    result.unmapped = sorted(set(unmapped) | {m for m in known_modules if m not in seen})
+    found, result.unmapped = module_tensors(nodes, set(evaluator.output_names), known_modules)
     if not found:
         result.note = (f"no op's scopes in the package's {scopes.FILE} name a module of the model (recorded through "
                        f"{recorded.get('frontend', 'an unknown frontend')}), so no tensor maps to a module")

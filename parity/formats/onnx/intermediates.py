@@ -81,11 +81,7 @@ def intermediates(path: Path, feeds: dict[str, np.ndarray], backend: str, known_
         return result
     nodes = [Node(n.name, n.op_type, [strip(s, known_modules) for s in _scope(n)], list(n.input), list(n.output))
              for n in model.graph.node]
-    found, unmapped = module_tensors(nodes, {o.name for o in model.graph.output}, known_modules)
-    # the exporter folds a Conv into the BatchNorm after it and scopes the one node left as the BatchNorm's,
-    # so the Conv is in no node's scopes at all (nor is a module without ops, an Identity)
-    seen = {s for node in nodes for s in node.scopes}
-    result.unmapped = sorted(set(unmapped) | {m for m in known_modules if m not in seen})
+    found, result.unmapped = module_tensors(nodes, {o.name for o in model.graph.output}, known_modules)
     values, marked = run_marked(model, feeds, backend)
     result.tensors = len(values)
     result.note = (f"{marked} intermediate tensors marked as outputs and read in one run of the artefact on "
