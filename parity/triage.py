@@ -103,9 +103,11 @@ class TriageReport:
         return "\n".join([f"triage of {self.case} / {self.format} / {self.backend}", body, *extra, self.summary])
 
 
-def _record(model, inputs: tuple, calls: Optional[dict[str, int]] = None) -> dict[str, tuple]:
+def _record(model, inputs: tuple, calls: Optional[dict[str, int]] = None,
+            keywords: Optional[list[str]] = None) -> dict[str, tuple]:
     """path -> (args, output) of each submodule's first call, in execution order; `calls`, when
-    given, receives how many times each module was called."""
+    given, receives how many times each module was called; `keywords`: the inputs' names, when the
+    model takes them by keyword (as the eager reference calls it)."""
     import torch
 
     records: dict[str, tuple] = {}
@@ -131,7 +133,7 @@ def _record(model, inputs: tuple, calls: Optional[dict[str, int]] = None) -> dic
         handles.append(module.register_forward_hook(hook, with_kwargs=True))
     try:
         with torch.no_grad():
-            model(*inputs)
+            model(**dict(zip(keywords, inputs))) if keywords else model(*inputs)
     finally:
         for h in handles:
             h.remove()
@@ -215,7 +217,8 @@ def triage(run: CaseRun, fmt: str, backend: str, workdir: Optional[Path] = None)
     size = max(case.batch_sizes)
     inputs = tuple(torch.from_numpy(a) for a in run.example_inputs().values())
     calls: dict[str, int] = {}
-    records = _record(run.eager, inputs, calls)
+    # GPT-2's forward(input_ids, past_key_values, attention_mask, ...): the mask goes by keyword
+    records = _record(run.eager, inputs, calls, run.framework.keyword_inputs(run.eager, list(case.inputs)))
     report.tolerance_scale = run.tolerance_for(fmt, backend, run.output_names[0]).scale
     as_returned = dict(run.model.named_modules())
     runner_cls = load_object(FORMATS[fmt].runner_for(backend))

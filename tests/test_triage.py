@@ -502,3 +502,47 @@ def test_a_module_returning_a_tensor_and_none_is_compared(tmp_path):
         assert [r.path for r in report.rows if r.status == "fail"][:2] == ["attn.query", "attn"], report.table()
     finally:
         session.close()
+
+
+KEYWORD_MODELS = '''
+import torch
+from torch import nn
+
+
+class Decoder(nn.Module):
+    """GPT-2's signature: forward(input_ids, past_key_values=None, attention_mask=None)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(20, 8)
+        self.fc = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, input_ids, past_key_values=None, attention_mask=None):
+        h = torch.tanh(self.fc(self.embed(input_ids)))
+        return self.head(h * attention_mask.unsqueeze(-1).to(h.dtype))
+
+
+def decoder():
+    torch.manual_seed(0)
+    return Decoder().eval()
+'''
+
+
+def test_a_model_taking_its_mask_by_keyword_is_recorded_as_eager_calls_it(tmp_path):
+    """The mask is forward's third parameter: the eager reference passes it by keyword, and so must the
+    hooks' run (passed positionally it lands in past_key_values)."""
+    d = tmp_path / "cases"
+    d.mkdir()
+    (d / "kw_models.py").write_text(KEYWORD_MODELS)
+    body = ("model: {factory: 'kw_models:decoder'}\n"
+            "inputs:\n  input_ids: {shape: [6], dtype: int64, distribution: tokens, high: 20, mask: attention_mask}\n"
+            "  attention_mask: {shape: [6], dtype: int64, distribution: mask}\n"
+            "batch_sizes: [2]\nformats: [torchscript]\nbackends: [cpu]\n")
+    session = Session(tmp_path / "build", tmp_path / "golden")
+    try:
+        report = triage(session.case_run(load_case(write_case(d, "kw", body))), "torchscript", "cpu")
+    finally:
+        session.close()
+    assert report.first_divergence is None, report.table()
+    assert [r.path for r in report.rows] == ["embed", "fc", "head"], report.table()

@@ -77,6 +77,16 @@ def _attribute(segment: str, parent: str, known: set[str]) -> str:
         full = f"{parent}.{name}" if parent else name
         if strip(full, known) in known:
             return name
+    # A ModuleList or Sequential indexed in forward() (BERT's encoder.layer[i], GPT-2's h[i]) is never
+    # called, so no location names it: the child is found one level further down.
+    base = strip(parent, known) if parent else ""
+    base = base if base in known else ""
+    for name in names:
+        for module in sorted(known):
+            rest = module[len(base) + 1:].split(".") if base and module.startswith(base + ".") else \
+                module.split(".") if not base else []
+            if len(rest) == 2 and rest[1] == name:
+                return f"{rest[0]}.{name}"
     return names[0]
 
 
@@ -200,7 +210,12 @@ def _primary(op: _Op, placed: set[str]) -> Optional[str]:
     if not op.locations:
         return None
     fresh = [p for p in op.locations if p not in placed]
-    return (fresh or op.locations)[0]
+    pick = (fresh or op.locations)[0]
+    # An enclosing module's own code fused into the same kernel (attention's 1/d**0.25 scale folded into
+    # the query and key Linears' weights; the order of the locations does not say which came last): the
+    # tensor is the enclosing module's, not the child's output.
+    enclosing = [p for p in op.locations if pick.startswith(p + ".")]
+    return enclosing[0] if enclosing else pick
 
 
 def _layouts(ops: list[_Op], shapes: dict[int, tuple], values: dict[int, np.ndarray],

@@ -267,3 +267,93 @@ def test_a_linear_over_a_sequence_is_compared_with_its_leading_axes_regrouped(se
     assert report.first_divergence == "proj", report.table()
     assert report.summary.startswith("first divergence: proj (Linear), computes something else than eager")
     assert report.batch_dependent is False
+
+
+ATTENTION_MODELS = '''
+import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    """Self-attention through scaled_dot_product_attention: litert-torch folds the 1/d**0.25 scale into the
+    query and key Linears' weights, so their FULLY_CONNECTED tensors are not their outputs."""
+
+    def __init__(self, dim=8, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        split = lambda y: y.view(b, t, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
+        y = nn.functional.scaled_dot_product_attention(split(self.q(x)), split(self.k(x)), split(self.v(x)))
+        return x + self.out(y.transpose(1, 2).reshape(b, t, d))
+
+
+class Encoder(nn.Module):
+    """Blocks in a ModuleList indexed in forward(): the list is never called, so no location names it."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([Block(), Block()])
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x)
+
+
+def encoder():
+    torch.manual_seed(0)
+    return Encoder().eval()
+
+
+def perturbed_export(model, example_inputs, path, layer="layers.1.out"):
+    from parity.formats.tflite.export import export
+
+    with torch.no_grad():
+        model.get_submodule(layer).weight.mul_(1.02)
+    return export(model, example_inputs, path, input_names=["x"], output_names=["y"])
+'''
+
+
+@pytest.fixture(scope="module")
+def attention_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tflite_attention")
+    d = root / "cases"
+    d.mkdir()
+    (d / "attention_models.py").write_text(ATTENTION_MODELS)
+    session = Session(root / "build", root / "golden")
+    case = "model: {factory: 'attention_models:encoder'}\ninputs: {x: {shape: [6, 8]}}\nbatch_sizes: [2]\n" \
+           "formats: [tflite]\nbackends: [cpu]\n"
+    bodies = {"clean": case,
+              "out": case + "export:\n  tflite: {function: 'attention_models:perturbed_export'}\n",
+              "key": case + "export:\n  tflite: {function: 'attention_models:perturbed_export', "
+                            "options: {layer: layers.0.k}}\n"}
+    yield {name: session.case_run(load_case(write_case(d, name, body))) for name, body in bodies.items()}
+    session.close()
+
+
+def test_modules_in_a_module_list_and_a_scale_folded_into_attention_weights(attention_runs):
+    """Blocks of a ModuleList are named with the list (layers.1.out, not 1.out); the query and key Linears,
+    whose tensors hold the attention's scale too, are listed as having no tensor of their own instead of
+    failing a clean export."""
+    clean = triage(attention_runs["clean"], "tflite", "cpu")
+    assert clean.first_divergence is None, clean.table()
+    assert {"layers.0.out", "layers.1.out", "head"} <= {r.path for r in clean.rows}, clean.table()
+    assert any(u.startswith("layers.0.k: no tensor of its own") for u in clean.unmapped), clean.unmapped
+    out = triage(attention_runs["out"], "tflite", "cpu")
+    assert out.first_divergence == "layers.1.out", out.table()
+    # the key's tensor holds the scale too: the first tensor that diverges is the Linear after the attention
+    key = triage(attention_runs["key"], "tflite", "cpu")
+    assert key.first_divergence == "layers.0.out", key.table()
+    assert all(r.status == "pass" for r in key.rows[:1]) and key.rows[0].path == "layers.0.v", key.table()
+
+
+def test_locations_find_a_child_of_a_container_that_is_never_called():
+    known = {"enc", "enc.layers", "enc.layers.0", "enc.layers.1", "enc.layers.1.fc", "h", "h.0", "h.0.fc"}
+    assert locations("m.Net/m.Enc_enc/m.Layer_1/torch.nn.Linear_fc;", known) == ["enc.layers.1.fc"]
+    # inside parity's wrapper, at the root of the model
+    assert locations("w.W/m.Net_model/m.Block_0/torch.nn.Linear_fc;", known) == ["model.h.0.fc"]
