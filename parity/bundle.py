@@ -368,6 +368,16 @@ def load(name):
 
 '''
 
+#: a torch module's outputs (tensors, tuples, dicts) as a flat list of arrays, in the scripts for torch files
+_TORCH_FLATTEN = '''
+def flatten(out):
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in flatten(o)]
+    if isinstance(out, dict):
+        return flatten(list(out.values()))
+    return [out.detach().float().cpu().numpy()]
+'''
+
 _RUNTIME = {
     "onnxruntime": '''
 def run(inputs):
@@ -417,14 +427,7 @@ def run(inputs):
     print(f"LiteRT interpreter, {CONFIG['resolver']} op resolver")
     return outputs
 ''',
-    "torchscript": '''
-def flatten(out):
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in flatten(o)]
-    if isinstance(out, dict):
-        return flatten(list(out.values()))
-    return [out.detach().float().cpu().numpy()]
-
+    "torchscript": _TORCH_FLATTEN + '''
 
 def run(inputs):
     import torch
@@ -434,14 +437,7 @@ def run(inputs):
     with torch.inference_mode():
         return flatten(module(*(torch.from_numpy(a).to(CONFIG["backend"]) for a in inputs)))
 ''',
-    "torch-export": '''
-def flatten(out):
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in flatten(o)]
-    if isinstance(out, dict):
-        return flatten(list(out.values()))
-    return [out.detach().float().cpu().numpy()]
-
+    "torch-export": _TORCH_FLATTEN + '''
 
 def run(inputs):
     import torch
