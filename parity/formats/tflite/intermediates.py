@@ -202,6 +202,16 @@ def _place(ops: list[_Op], names: dict[int, str], known: set[str], outputs: set[
             nxt.locations = found[:1]
             found = found[1:] or found[:1]
         op.locations = found
+    # An activation module that goes on computing after its split-off op (Hardsigmoid is relu6(x + 3) / 6,
+    # and the converter folds the + 3 into the conv's bias) left part of itself in the op before it:
+    # that op's tensor is no module's output, and the op after the activation is the activation's alone
+    # (the conv is then named with the activation's tensor).
+    for i, op in enumerate(ops[:-2]):
+        act, after = ops[i + 1], ops[i + 2]
+        if act.name.startswith(op.name + "/") and act.locations and after.kind in ("MUL", "DIV", "ADD", "SUB") \
+                and after.locations[:1] == act.locations[:1] and act.locations[0] not in op.locations:
+            after.locations = [p for p in after.locations if p not in op.locations]
+            op.locations = []
 
 
 def _primary(op: _Op, placed: set[str]) -> Optional[str]:

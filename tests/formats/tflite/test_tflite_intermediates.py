@@ -357,3 +357,61 @@ def test_locations_find_a_child_of_a_container_that_is_never_called():
     assert locations("m.Net/m.Enc_enc/m.Layer_1/torch.nn.Linear_fc;", known) == ["enc.layers.1.fc"]
     # inside parity's wrapper, at the root of the model
     assert locations("w.W/m.Net_model/m.Block_0/torch.nn.Linear_fc;", known) == ["model.h.0.fc"]
+
+
+EXCITE_MODELS = '''
+import torch
+from torch import nn
+
+
+class Excite(nn.Module):
+    """torchvision's squeeze-excite gate: a 1x1 conv, then Hardsigmoid (relu6(x + 3) / 6), whose + 3
+    litert-torch folds into the conv's bias before a fused RELU6."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Conv2d(8, 8, 1)
+        self.gate = nn.Hardsigmoid()
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        h = self.stem(x)
+        return self.head(h * self.gate(self.fc(self.pool(h))))
+
+
+def excite():
+    torch.manual_seed(0)
+    return Excite().eval()
+
+
+def perturbed_export(model, example_inputs, path):
+    from parity.formats.tflite.export import export
+
+    with torch.no_grad():
+        model.fc.weight.mul_(1.02)
+    return export(model, example_inputs, path, input_names=["x"], output_names=["y"])
+'''
+
+
+def test_a_conv_holding_part_of_the_hardsigmoid_after_it_is_not_a_false_divergence(tmp_path):
+    """The conv's tensor holds Hardsigmoid's + 3: it is listed as fused into the gate, whose tensor
+    matches eager; with the conv's weights scaled, the gate is named, with the conv fused into it."""
+    d = tmp_path / "cases"
+    d.mkdir()
+    (d / "excite_models.py").write_text(EXCITE_MODELS)
+    body = "model: {factory: 'excite_models:excite'}\ninputs: {x: {shape: [3, 8, 8]}}\nbatch_sizes: [2]\n" \
+           "formats: [tflite]\nbackends: [cpu]\n"
+    session = Session(tmp_path / "build", tmp_path / "golden")
+    try:
+        clean = triage(session.case_run(load_case(write_case(d, "clean", body))), "tflite", "cpu")
+        planted = body + "export:\n  tflite: {function: 'excite_models:perturbed_export'}\n"
+        report = triage(session.case_run(load_case(write_case(d, "planted", planted))), "tflite", "cpu")
+    finally:
+        session.close()
+    assert clean.first_divergence is None, clean.table()
+    assert "gate" in [r.path for r in clean.rows], clean.table()
+    assert any(u.startswith("fc: no tensor of its own") for u in clean.unmapped), clean.unmapped
+    assert report.first_divergence == "gate", report.table()
+    assert report.fused_with == ["fc"], report.table()
