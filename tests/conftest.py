@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import textwrap
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import pytest
 
@@ -194,8 +195,6 @@ def gelu_net():
 def planted_export(model, example_inputs, path, bug="weight"):
     """A user's exporter with a bug in marked modules: weights scaled by 1%, or GELU swapped for its
     tanh approximation; then the built-in exporter for the file's suffix."""
-    import importlib
-
     with torch.no_grad():
         for module in model.modules():
             if getattr(module, "_planted", False):
@@ -203,6 +202,45 @@ def planted_export(model, example_inputs, path, bug="weight"):
                     module.weight.mul_(1.01)
                 else:
                     module.approximate = "tanh"
+    return _builtin_export(model, example_inputs, path)
+
+
+class LogOfNegatives(nn.Module):
+    def forward(self, x):
+        return torch.log(x)  # NaN where x < 0: eager too, unless the input is kept positive
+
+
+class Guarded(nn.Module):
+    """Eager keeps log's input positive (abs); the planted exporter drops the abs."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Linear(6, 6)
+        self.guard = True
+        self.log = LogOfNegatives()
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.stem(x)
+        return self.head(self.log(h.abs() + 1e-3 if self.guard else h))
+
+
+def guarded():
+    torch.manual_seed(0)
+    return Guarded().eval()
+
+
+def unguarded_export(model, example_inputs, path):
+    """A user's exporter with a bug: the abs keeping log's input positive dropped (NaN where it is
+    negative); then the built-in exporter for the file's suffix."""
+    model.guard = False
+    return _builtin_export(model, example_inputs, path)
+
+
+def _builtin_export(model, example_inputs, path):
+    """parity's own exporter for the file's suffix, as a case without an export function gets."""
+    import importlib
+
     suffix = str(path).rsplit(".", 1)[-1]
     # tflite: a static batch, the one of example_inputs (the engine calls it once per batch size it needs);
     # mlpackage: the fp32 program, its batch a RangeDim up to example_inputs' (no shape variants here)
@@ -339,6 +377,25 @@ def case_dir(tmp_path: Path) -> Path:
     d.mkdir()
     (d / "models.py").write_text(MODELS, encoding="utf-8")
     return d
+
+
+@contextlib.contextmanager
+def case_runs(root: Path, models: dict[str, str], bodies: dict[str, str]) -> Iterator[dict]:
+    """Each of `bodies` (case name -> YAML) written into root/cases beside `models` (module name ->
+    source), and run in one Session whose build and golden directories are under `root`: yields
+    {case name: CaseRun}, and closes the session on leaving."""
+    from parity.catalog import load_case
+    from parity.session import Session
+
+    d = root / "cases"
+    d.mkdir(parents=True, exist_ok=True)
+    for module, source in models.items():
+        (d / f"{module}.py").write_text(source, encoding="utf-8")
+    session = Session(root / "build", root / "golden")
+    try:
+        yield {name: session.case_run(load_case(write_case(d, name, body))) for name, body in bodies.items()}
+    finally:
+        session.close()
 
 
 def find_chromium() -> Optional[str]:

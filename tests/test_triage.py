@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import write_case
+from conftest import MODELS, case_runs, write_case
 from parity.session import Session
 from parity.catalog import load_case
 from parity.formats import FORMATS as REGISTRY
@@ -49,13 +49,6 @@ export:
 
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory):
-    from conftest import MODELS
-
-    root = tmp_path_factory.mktemp("triage")
-    d = root / "cases"
-    d.mkdir()
-    (d / "models.py").write_text(MODELS)
-    session = Session(root / "build", root / "golden")
     bodies = {
         "bn_block": CASE.replace("FACTORY", "parity_examples.zoo:resnet_with_training_block"),
         "weight": planted("weight", "models:planted_resnet"),
@@ -63,8 +56,8 @@ def cases(tmp_path_factory):
         "clean": CASE.replace("FACTORY", "models:planted_resnet"),
         "int8": INT8,
     }
-    yield {name: session.case_run(load_case(write_case(d, name, body))) for name, body in bodies.items()}
-    session.close()
+    with case_runs(tmp_path_factory.mktemp("triage"), {"models": MODELS}, bodies) as runs:
+        yield runs
 
 
 @pytest.mark.parametrize("fmt,backend", [("torchscript", "cpu"), ("pt2", "cpu"), ("tflite", "cpu"),
@@ -219,92 +212,33 @@ def inplace_net():
 def test_in_place_activations_after_the_planted_batchnorm_do_not_move_the_blame(tmp_path):
     """An in-place activation overwrites its input, which is the BatchNorm's output: recorded inputs
     and outputs are copies, so the BatchNorm is named, not the activation after it."""
-    d = tmp_path / "cases"
-    d.mkdir()
-    (d / "inplace_models.py").write_text(INPLACE_MODELS)
-    session = Session(tmp_path / "build", tmp_path / "golden")
-    run = session.case_run(load_case(write_case(d, "inplace", """
+    body = """
         model: {factory: 'inplace_models:inplace_net'}
         inputs: {x: {shape: [3, 16, 16]}}
         batch_sizes: [1, 4]
         formats: [torchscript]
         backends: [cpu]
-        """)))
-    try:
-        report = triage(run, "torchscript", "cpu")
-    finally:
-        session.close()
+        """
+    with case_runs(tmp_path, {"inplace_models": INPLACE_MODELS}, {"inplace": body}) as runs:
+        report = triage(runs["inplace"], "torchscript", "cpu")
     assert report.first_divergence == "1.1", report.table()
     assert report.summary.startswith("first divergence: 1.1 (BatchNormAct)")
     assert {r.path: r.status for r in report.rows}["1.1.act"] == "pass"  # its in-place activation is clean
 
 
-NAN_MODELS = '''
-import torch
-from torch import nn
-
-
-class LogOfNegatives(nn.Module):
-    def forward(self, x):
-        return torch.log(x)  # NaN where x < 0: eager too, unless the input is kept positive
-
-
-class Guarded(nn.Module):
-    """Eager keeps log's input positive (abs); the planted exporter drops the abs."""
-
-    def __init__(self, guard=True):
-        super().__init__()
-        self.stem = nn.Linear(6, 6)
-        self.guard = guard
-        self.log = LogOfNegatives()
-        self.head = nn.Linear(6, 3)
-
-    def forward(self, x):
-        h = self.stem(x)
-        return self.head(self.log(h.abs() + 1e-3 if self.guard else h))
-
-
-def guarded():
-    torch.manual_seed(0)
-    return Guarded().eval()
-
-
-def unguarded_pt2_export(model, example_inputs, path):
-    model.guard = False
-    program = torch.export.export(model, example_inputs,
-                                  dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},))
-    torch.export.save(program, str(path))
-    return {"exporter": "unguarded"}
-
-
-def unguarded_export(model, example_inputs, path):
-    model.guard = False
-    torch.onnx.export(model, example_inputs, str(path), dynamo=True, input_names=["x"], output_names=["y"],
-                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},))
-    return {"exporter": "unguarded"}
-'''
-
-
-@pytest.mark.parametrize("fmt, function, op", [("onnx", "unguarded_export", "(Log)"),
-                                                ("pt2", "unguarded_pt2_export", "(log.default)")])
-def test_a_nan_is_traced_to_the_first_op_and_module_that_made_it(tmp_path, fmt, function, op):
-    d = tmp_path / "cases"
-    d.mkdir()
-    (d / "nan_models.py").write_text(NAN_MODELS)
-    session = Session(tmp_path / "build", tmp_path / "golden")
-    run = session.case_run(load_case(write_case(d, "nan", f"""
-        model: {{factory: 'nan_models:guarded'}}
+@pytest.mark.parametrize("fmt, op", [("onnx", "(Log)"), ("pt2", "(log.default)")])
+def test_a_nan_is_traced_to_the_first_op_and_module_that_made_it(tmp_path, fmt, op):
+    body = f"""
+        model: {{factory: 'models:guarded'}}
         inputs: {{x: {{shape: [6]}}}}
         batch_sizes: [2, 4]
         formats: [{fmt}]
         backends: [cpu]
         export:
-          {fmt}: {{function: 'nan_models:{function}'}}
-        """)))
-    try:
-        report = triage(run, fmt, "cpu")
-    finally:
-        session.close()
+          {fmt}: {{function: 'models:unguarded_export'}}
+        """
+    with case_runs(tmp_path, {"models": MODELS}, {"nan": body}) as runs:
+        report = triage(runs["nan"], fmt, "cpu")
     assert report.method.startswith("the artefact's own intermediate tensors"), report.table()
     assert report.first_nonfinite is not None and op in report.first_nonfinite and "in log" in report.first_nonfinite
     assert report.first_divergence == "log", report.table()
@@ -485,23 +419,17 @@ def planted_export(model, example_inputs, path):
 def test_a_module_returning_a_tensor_and_none_is_compared(tmp_path):
     """A module whose output holds a None beside its tensor is compared on the tensor, not listed as
     having no output of eager's shape."""
-    d = tmp_path / "cases"
-    d.mkdir()
-    (d / "none_models.py").write_text(TUPLE_WITH_NONE)
     body = "model: {factory: 'none_models:net'}\ninputs: {x: {shape: [4, 6]}}\nbatch_sizes: [2]\n" \
            "formats: [torchscript]\nbackends: [cpu]\n"
-    session = Session(tmp_path / "build", tmp_path / "golden")
-    try:
-        clean = triage(session.case_run(load_case(write_case(d, "clean", body))), "torchscript", "cpu")
-        assert clean.first_divergence is None, clean.table()
-        assert "attn" in [r.path for r in clean.rows], clean.table()
-        assert not any("eager output shapes" in u for u in clean.unmapped), clean.unmapped
-        planted = body + "export:\n  torchscript: {function: 'none_models:planted_export'}\n"
-        report = triage(session.case_run(load_case(write_case(d, "planted", planted))), "torchscript", "cpu")
-        assert report.first_divergence == "attn.query", report.table()
-        assert [r.path for r in report.rows if r.status == "fail"][:2] == ["attn.query", "attn"], report.table()
-    finally:
-        session.close()
+    planted = body + "export:\n  torchscript: {function: 'none_models:planted_export'}\n"
+    with case_runs(tmp_path, {"none_models": TUPLE_WITH_NONE}, {"clean": body, "planted": planted}) as runs:
+        clean = triage(runs["clean"], "torchscript", "cpu")
+        report = triage(runs["planted"], "torchscript", "cpu")
+    assert clean.first_divergence is None, clean.table()
+    assert "attn" in [r.path for r in clean.rows], clean.table()
+    assert not any("eager output shapes" in u for u in clean.unmapped), clean.unmapped
+    assert report.first_divergence == "attn.query", report.table()
+    assert [r.path for r in report.rows if r.status == "fail"][:2] == ["attn.query", "attn"], report.table()
 
 
 KEYWORD_MODELS = '''
@@ -532,17 +460,11 @@ def decoder():
 def test_a_model_taking_its_mask_by_keyword_is_recorded_as_eager_calls_it(tmp_path):
     """The mask is forward's third parameter: the eager reference passes it by keyword, and so must the
     hooks' run (passed positionally it lands in past_key_values)."""
-    d = tmp_path / "cases"
-    d.mkdir()
-    (d / "kw_models.py").write_text(KEYWORD_MODELS)
     body = ("model: {factory: 'kw_models:decoder'}\n"
             "inputs:\n  input_ids: {shape: [6], dtype: int64, distribution: tokens, high: 20, mask: attention_mask}\n"
             "  attention_mask: {shape: [6], dtype: int64, distribution: mask}\n"
             "batch_sizes: [2]\nformats: [torchscript]\nbackends: [cpu]\n")
-    session = Session(tmp_path / "build", tmp_path / "golden")
-    try:
-        report = triage(session.case_run(load_case(write_case(d, "kw", body))), "torchscript", "cpu")
-    finally:
-        session.close()
+    with case_runs(tmp_path, {"kw_models": KEYWORD_MODELS}, {"kw": body}) as runs:
+        report = triage(runs["kw"], "torchscript", "cpu")
     assert report.first_divergence is None, report.table()
     assert [r.path for r in report.rows] == ["embed", "fc", "head"], report.table()

@@ -11,11 +11,9 @@ pytest.importorskip("coremltools")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from conftest import write_case  # noqa: E402
-from parity.catalog import load_case  # noqa: E402
+from conftest import MODELS as SHARED_MODELS, case_runs  # noqa: E402
 from parity.formats.coreml import scopes  # noqa: E402
 from parity.formats.coreml.intermediates import intermediates  # noqa: E402
-from parity.session import Session  # noqa: E402
 from parity.triage import triage  # noqa: E402
 
 MODELS = '''
@@ -54,38 +52,6 @@ def perturbed_export(model, example_inputs, path, layer="mid.0", route="trace"):
     with torch.no_grad():
         model.get_submodule(layer).weight.mul_(1.01)
     return export(model, example_inputs, path, input_names=["x"], output_names=["logits"], route=route)
-
-
-class LogOfNegatives(nn.Module):
-    def forward(self, x):
-        return torch.log(x)  # NaN where x < 0: eager too, unless the input is kept positive
-
-
-class Guarded(nn.Module):
-    """Eager keeps log's input positive (abs); the planted exporter drops the abs."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Linear(6, 6)
-        self.guard = True
-        self.log = LogOfNegatives()
-        self.head = nn.Linear(6, 3)
-
-    def forward(self, x):
-        h = self.stem(x)
-        return self.head(self.log(h.abs() + 1e-3 if self.guard else h))
-
-
-def guarded():
-    torch.manual_seed(0)
-    return Guarded().eval()
-
-
-def unguarded_export(model, example_inputs, path):
-    from parity.formats.coreml.export import export
-
-    model.guard = False
-    return export(model, example_inputs, path, input_names=["x"], output_names=["y"])
 '''
 
 CASE = """
@@ -104,28 +70,24 @@ def perturbed(layer: str, fmt: str = "coreml", route: str = "trace") -> str:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("coreml_triage")
-    d = root / "cases"
-    d.mkdir()
-    (d / "coreml_models.py").write_text(MODELS)
-    session = Session(root / "build", root / "golden")
     bodies = {
         "clean": CASE.replace("FMT", "coreml"),
         "own_tensor": perturbed("mid.0"),
         "fused": perturbed("mid.2"),
         "own_tensor_pt2": perturbed("mid.0", "coreml_pt2", "export"),
         "nan": """
-            model: {factory: 'coreml_models:guarded'}
+            model: {factory: 'models:guarded'}
             inputs: {x: {shape: [6]}}
             batch_sizes: [2, 4]
             formats: [coreml]
             backends: [mil-ref]
             export:
-              coreml: {function: 'coreml_models:unguarded_export'}
+              coreml: {function: 'models:unguarded_export'}
             """,
     }
-    yield {name: session.case_run(load_case(write_case(d, name, body))) for name, body in bodies.items()}
-    session.close()
+    models = {"coreml_models": MODELS, "models": SHARED_MODELS}
+    with case_runs(tmp_path_factory.mktemp("coreml_triage"), models, bodies) as runs:
+        yield runs
 
 
 def test_clean_model_matches_eager_in_every_tensor(runs):

@@ -12,10 +12,8 @@ pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
 import numpy as np  # noqa: E402
 
-from conftest import write_case  # noqa: E402
-from parity.catalog import load_case  # noqa: E402
+from conftest import MODELS as SHARED_MODELS, case_runs  # noqa: E402
 from parity.formats.tflite.intermediates import intermediates, locations, plain_run_agreement  # noqa: E402
-from parity.session import Session  # noqa: E402
 from parity.triage import triage  # noqa: E402
 
 MODELS = '''
@@ -59,42 +57,10 @@ def perturbed_export(model, example_inputs, path, layer="body.1.0"):
     with torch.no_grad():
         model.get_submodule(layer).weight.mul_(1.01)
     return export(model, example_inputs, path, input_names=["x"], output_names=["logits"])
-
-
-class LogOfNegatives(nn.Module):
-    def forward(self, x):
-        return torch.log(x)
-
-
-class Guarded(nn.Module):
-    """Eager keeps log's input positive (abs); the planted exporter drops the abs."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Linear(6, 6)
-        self.guard = True
-        self.log = LogOfNegatives()
-        self.head = nn.Linear(6, 3)
-
-    def forward(self, x):
-        h = self.stem(x)
-        return self.head(self.log(h.abs() + 1e-3 if self.guard else h))
-
-
-def guarded():
-    torch.manual_seed(0)
-    return Guarded().eval()
-
-
-def unguarded_export(model, example_inputs, path):
-    from parity.formats.tflite.export import export
-
-    model.guard = False
-    return export(model, example_inputs, path, input_names=["x"], output_names=["y"])
 '''
 
 CASE = """
-model: {factory: 'tflite_triage_models:FACTORY'}
+model: {factory: 'FACTORY'}
 inputs: {x: {shape: SHAPE}}
 batch_sizes: [4]
 formats: [tflite]
@@ -104,20 +70,16 @@ backends: [cpu, cpu-ref]
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tflite_triage")
-    d = root / "cases"
-    d.mkdir()
-    (d / "tflite_triage_models.py").write_text(MODELS)
-    session = Session(root / "build", root / "golden")
-    image = CASE.replace("FACTORY", "net").replace("SHAPE", "[3, 8, 8]")
+    image = CASE.replace("FACTORY", "tflite_triage_models:net").replace("SHAPE", "[3, 8, 8]")
     bodies = {
         "clean": image,
         "weight": image + "export:\n  tflite: {function: 'tflite_triage_models:perturbed_export'}\n",
-        "nan": CASE.replace("FACTORY", "guarded").replace("SHAPE", "[6]")
-        + "export:\n  tflite: {function: 'tflite_triage_models:unguarded_export'}\n",
+        "nan": CASE.replace("FACTORY", "models:guarded").replace("SHAPE", "[6]")
+        + "export:\n  tflite: {function: 'models:unguarded_export'}\n",
     }
-    yield {name: session.case_run(load_case(write_case(d, name, body))) for name, body in bodies.items()}
-    session.close()
+    models = {"tflite_triage_models": MODELS, "models": SHARED_MODELS}
+    with case_runs(tmp_path_factory.mktemp("tflite_triage"), models, bodies) as runs:
+        yield runs
 
 
 @pytest.mark.parametrize("backend", ["cpu", "cpu-ref"])
@@ -241,19 +203,19 @@ def perturbed_export(model, example_inputs, path):
 '''
 
 
+def tflite_case(factory: str, shape: str, exporter: str = "", options: str = "") -> str:
+    """A tflite case on the cpu backend, batch 2; with `exporter`, exported through that function."""
+    body = f"model: {{factory: '{factory}'}}\ninputs: {{x: {{shape: {shape}}}}}\nbatch_sizes: [2]\n" \
+           "formats: [tflite]\nbackends: [cpu]\n"
+    return body + (f"export:\n  tflite: {{function: '{exporter}'{options}}}\n" if exporter else "")
+
+
 @pytest.fixture(scope="module")
 def sequence_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tflite_sequence")
-    d = root / "cases"
-    d.mkdir()
-    (d / "sequence_models.py").write_text(SEQUENCE_MODELS)
-    session = Session(root / "build", root / "golden")
-    case = "model: {factory: 'sequence_models:tagger'}\ninputs: {x: {shape: [5, 8]}}\nbatch_sizes: [2]\n" \
-           "formats: [tflite]\nbackends: [cpu]\n"
-    bodies = {"clean": case,
-              "weight": case + "export:\n  tflite: {function: 'sequence_models:perturbed_export'}\n"}
-    yield {name: session.case_run(load_case(write_case(d, name, body))) for name, body in bodies.items()}
-    session.close()
+    bodies = {"clean": tflite_case("sequence_models:tagger", "[5, 8]"),
+              "weight": tflite_case("sequence_models:tagger", "[5, 8]", "sequence_models:perturbed_export")}
+    with case_runs(tmp_path_factory.mktemp("tflite_sequence"), {"sequence_models": SEQUENCE_MODELS}, bodies) as runs:
+        yield runs
 
 
 def test_a_linear_over_a_sequence_is_compared_with_its_leading_axes_regrouped(sequence_runs):
@@ -321,19 +283,13 @@ def perturbed_export(model, example_inputs, path, layer="layers.1.out"):
 
 @pytest.fixture(scope="module")
 def attention_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tflite_attention")
-    d = root / "cases"
-    d.mkdir()
-    (d / "attention_models.py").write_text(ATTENTION_MODELS)
-    session = Session(root / "build", root / "golden")
-    case = "model: {factory: 'attention_models:encoder'}\ninputs: {x: {shape: [6, 8]}}\nbatch_sizes: [2]\n" \
-           "formats: [tflite]\nbackends: [cpu]\n"
-    bodies = {"clean": case,
-              "out": case + "export:\n  tflite: {function: 'attention_models:perturbed_export'}\n",
-              "key": case + "export:\n  tflite: {function: 'attention_models:perturbed_export', "
-                            "options: {layer: layers.0.k}}\n"}
-    yield {name: session.case_run(load_case(write_case(d, name, body))) for name, body in bodies.items()}
-    session.close()
+    factory, exporter = "attention_models:encoder", "attention_models:perturbed_export"
+    bodies = {"clean": tflite_case(factory, "[6, 8]"),
+              "out": tflite_case(factory, "[6, 8]", exporter),
+              "key": tflite_case(factory, "[6, 8]", exporter, ", options: {layer: layers.0.k}")}
+    with case_runs(tmp_path_factory.mktemp("tflite_attention"), {"attention_models": ATTENTION_MODELS},
+                   bodies) as runs:
+        yield runs
 
 
 def test_modules_in_a_module_list_and_a_scale_folded_into_attention_weights(attention_runs):
@@ -398,18 +354,11 @@ def perturbed_export(model, example_inputs, path):
 def test_a_conv_holding_part_of_the_hardsigmoid_after_it_is_not_a_false_divergence(tmp_path):
     """The conv's tensor holds Hardsigmoid's + 3: it is listed as fused into the gate, whose tensor
     matches eager; with the conv's weights scaled, the gate is named, with the conv fused into it."""
-    d = tmp_path / "cases"
-    d.mkdir()
-    (d / "excite_models.py").write_text(EXCITE_MODELS)
-    body = "model: {factory: 'excite_models:excite'}\ninputs: {x: {shape: [3, 8, 8]}}\nbatch_sizes: [2]\n" \
-           "formats: [tflite]\nbackends: [cpu]\n"
-    session = Session(tmp_path / "build", tmp_path / "golden")
-    try:
-        clean = triage(session.case_run(load_case(write_case(d, "clean", body))), "tflite", "cpu")
-        planted = body + "export:\n  tflite: {function: 'excite_models:perturbed_export'}\n"
-        report = triage(session.case_run(load_case(write_case(d, "planted", planted))), "tflite", "cpu")
-    finally:
-        session.close()
+    bodies = {"clean": tflite_case("excite_models:excite", "[3, 8, 8]"),
+              "planted": tflite_case("excite_models:excite", "[3, 8, 8]", "excite_models:perturbed_export")}
+    with case_runs(tmp_path, {"excite_models": EXCITE_MODELS}, bodies) as runs:
+        clean = triage(runs["clean"], "tflite", "cpu")
+        report = triage(runs["planted"], "tflite", "cpu")
     assert clean.first_divergence is None, clean.table()
     assert "gate" in [r.path for r in clean.rows], clean.table()
     assert any(u.startswith("fc: no tensor of its own") for u in clean.unmapped), clean.unmapped
