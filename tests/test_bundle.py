@@ -12,10 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_case
+from conftest import case_runs, write_case
 from parity.bundle import BundleError, write_bundle, write_node_data
-from parity.catalog import load_case
-from parity.session import Session
 from parity.triage import main, triage
 
 MODELS = '''
@@ -88,13 +86,8 @@ export:
 def planted(tmp_path_factory):
     """(the case directory, the build directory, the case's run) of the planted-weight case."""
     root = tmp_path_factory.mktemp("bundle")
-    cases = root / "cases"
-    cases.mkdir()
-    (cases / "bundle_models.py").write_text(MODELS)
-    write_case(cases, "planted", CASE)
-    session = Session(root / "build", root / "golden")
-    yield cases, root / "build", session.case_run(load_case(cases / "planted.yaml"))
-    session.close()
+    with case_runs(root, {"bundle_models": MODELS}, {"planted": CASE}) as runs:
+        yield root / "cases", root / "build", runs["planted"]
 
 
 @pytest.fixture(scope="module")
