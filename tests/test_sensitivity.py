@@ -43,7 +43,8 @@ def overridden_int8(model, example_inputs, path, tensor="features.3.weight", fac
     return via_fp32(export, ".onnx", model, example_inputs, ["image"], ["logits"], quantize)
 '''
 
-DIGITS = """
+#: the digits CNN with its trained weights and accuracy gate, on the cpu backend; BATCHES and FORMATS to fill
+DIGITS_CASE = """
 model:
   factory: parity_examples.zoo:digits_cnn
   weights: weights/digits_cnn.safetensors
@@ -51,8 +52,8 @@ model:
 inputs:
   image: {shape: [1, 8, 8], distribution: uniform, low: 0.0, high: 1.0}
 outputs: [logits]
-batch_sizes: [1, 8]
-formats: [onnx, onnx_int8]
+batch_sizes: BATCHES
+formats: FORMATS
 backends: [cpu]
 accuracy:
   evaluation: {source: digits, split: test}
@@ -61,15 +62,45 @@ accuracy:
   min_top1_agreement: 0.97
 """
 
+DIGITS = DIGITS_CASE.replace("BATCHES", "[1, 8]").replace("FORMATS", "[onnx, onnx_int8]")
+
 PLANTED_CASE = DIGITS + "export:\n  onnx_int8: {function: 'planted:overridden_int8'}\n"
+
+
+def digits_cases(root: Path) -> Path:
+    """root/cases, holding the digits CNN's trained weights that DIGITS_CASE loads."""
+    d = root / "cases"
+    (d / "weights").mkdir(parents=True)
+    shutil.copy(ROOT / "cases" / "weights" / "digits_cnn.safetensors", d / "weights")
+    return d
+
+
+def sensitivity_runs(root: Path, d: Path, planted: str, fmt: str, backend: str, *cli: str) -> dict:
+    """`parity triage <planted> -f <fmt> <cli...> --sensitivity --json ...` on the cases in `d`, run once
+    (its exit code, printed text and JSON report), and the sensitivity report of the case named clean
+    (one candidate re-exported), both building under root/build."""
+    import contextlib
+    import io
+
+    out = root / "sensitivity.json"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main([planted, "-f", fmt, *cli, "--sensitivity", "--cases", str(d), "--build", str(root / "build"),
+                     "--json", str(out)])
+    session = Session(root / "build", root / "golden")
+    try:
+        clean = sensitivity(session.case_run(load_case(d / "clean.yaml", root=d)), fmt, backend,
+                            workdir=root / "clean-work", max_candidates=1)
+    finally:
+        session.close()
+    return {"code": code, "text": printed.getvalue(), "report": json.loads(out.read_text()), "clean": clean,
+            "build": root / "build", "dir": d}
 
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     root = tmp_path_factory.mktemp("sensitivity")
-    d = root / "cases"
-    (d / "weights").mkdir(parents=True)
-    shutil.copy(ROOT / "cases" / "weights" / "digits_cnn.safetensors", d / "weights")
+    d = digits_cases(root)
     (d / "planted.py").write_text(PLANTED)
     write_case(d, "planted", PLANTED_CASE)
     write_case(d, "clean", DIGITS)
@@ -233,28 +264,13 @@ backends: [mil-ref]
 @pytest.fixture(scope="module")
 def fp16(tmp_path_factory):
     """`parity triage overflowing -f coreml_fp16 -b mil-ref --sensitivity` run once, and the clean model's report."""
-    import contextlib
-    import io
-
     root = tmp_path_factory.mktemp("fp16")
     d = root / "cases"
     d.mkdir()
     (d / "fp16models.py").write_text(FP16_MODELS)
     for name in ("overflowing", "clean"):
         write_case(d, name, FP16_CASE.format(factory=name))
-    out = root / "sensitivity.json"
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        code = main(["overflowing", "-f", "coreml_fp16", "-b", "mil-ref", "--sensitivity", "--cases", str(d),
-                     "--build", str(root / "build"), "--json", str(out)])
-    session = Session(root / "build", root / "golden")
-    try:
-        clean = sensitivity(session.case_run(load_case(d / "clean.yaml", root=d)), "coreml_fp16", "mil-ref",
-                            workdir=root / "clean-work", max_candidates=1)
-    finally:
-        session.close()
-    return {"code": code, "text": printed.getvalue(), "report": json.loads(out.read_text()), "clean": clean,
-            "build": root / "build", "dir": d}
+    return sensitivity_runs(root, d, "overflowing", "coreml_fp16", "mil-ref", "-b", "mil-ref")
 
 
 def test_the_overflowing_fp16_op_ranks_first_and_keeping_it_in_fp32_meets_the_gate(fp16):
@@ -329,23 +345,7 @@ def test_a_clean_fp16_package_needs_nothing_kept_in_fp32(fp16):
 #: the digits CNN through parity's tflite_int8 route, its second convolution (features.3, whose fused
 #: ReLU is features.5: the scope regex ``ReLU_5;``) given 2-bit tensorwise weights by one more recipe
 #: entry of ai-edge-quantizer's own (weight-only, dequantized before the float conv)
-TFLITE_DIGITS = """
-model:
-  factory: parity_examples.zoo:digits_cnn
-  weights: weights/digits_cnn.safetensors
-  seed: 0
-inputs:
-  image: {shape: [1, 8, 8], distribution: uniform, low: 0.0, high: 1.0}
-outputs: [logits]
-batch_sizes: [8]
-formats: [tflite, tflite_int8]
-backends: [cpu]
-accuracy:
-  evaluation: {source: digits, split: test}
-  calibration: {source: digits, split: calibration}
-  max_accuracy_drop: 1.0
-  min_top1_agreement: 0.97
-"""
+TFLITE_DIGITS = DIGITS_CASE.replace("BATCHES", "[8]").replace("FORMATS", "[tflite, tflite_int8]")
 
 TWO_BIT = """export:
   tflite_int8:
@@ -365,28 +365,11 @@ TWO_BIT = """export:
 @pytest.fixture(scope="module")
 def tflite(tmp_path_factory):
     """`parity triage two_bit -f tflite_int8 --sensitivity` run once, and the clean digits model's report."""
-    import contextlib
-    import io
-
     root = tmp_path_factory.mktemp("tflite")
-    d = root / "cases"
-    (d / "weights").mkdir(parents=True)
-    shutil.copy(ROOT / "cases" / "weights" / "digits_cnn.safetensors", d / "weights")
+    d = digits_cases(root)
     write_case(d, "two_bit", TFLITE_DIGITS + TWO_BIT)
     write_case(d, "clean", TFLITE_DIGITS)
-    out = root / "sensitivity.json"
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        code = main(["two_bit", "-f", "tflite_int8", "--sensitivity", "--cases", str(d), "--build",
-                     str(root / "build"), "--json", str(out)])
-    session = Session(root / "build", root / "golden")
-    try:
-        clean = sensitivity(session.case_run(load_case(d / "clean.yaml", root=d)), "tflite_int8", "cpu",
-                            workdir=root / "clean-work", max_candidates=1)
-    finally:
-        session.close()
-    return {"code": code, "text": printed.getvalue(), "report": json.loads(out.read_text()), "clean": clean,
-            "build": root / "build"}
+    return sensitivity_runs(root, d, "two_bit", "tflite_int8", "cpu")
 
 
 def test_the_two_bit_tflite_conv_ranks_first_and_keeping_it_in_float_meets_the_gate(tflite):
