@@ -555,7 +555,10 @@ def write_requested(report, run, fmt: str, backend: str, bundle: Optional[str], 
     triage without divergence has nothing to bundle: said, not a failure)."""
     failed = False
     if bundle:
-        if report.first_divergence is None:
+        if report.export_error:
+            print(f"no bundle written: the whole model does not export to {fmt}, so there is no artefact to run; "
+                  "file the export error itself")
+        elif report.first_divergence is None:
             print(f"no bundle written: triage found no divergence, so {bundle} has nothing to reproduce")
         else:
             try:

@@ -71,6 +71,9 @@ class TriageReport:
     #: (a Conv folded into the BatchNorm after it): the bug may be in any of them
     fused_with: list[str] = field(default_factory=list)
     tolerance_scale: Optional[float] = None  # err/max|ref| a row may reach (the case's tolerance for the format)
+    #: why the whole model does not export to this format (triage then exports module by module: the rows say
+    #: which modules convert on their own)
+    export_error: Optional[str] = None
     #: eager's outputs (NumPy) of the first diverging module, as the hooks recorded them (in-artefact path):
     #: what a repro bundle expects at that tensor; not part of as_dict()
     eager_at_divergence: list = field(default_factory=list, repr=False, compare=False)
@@ -225,7 +228,13 @@ def triage(run: CaseRun, fmt: str, backend: str, workdir: Optional[Path] = None)
     findings = {f.where: f for f in run.model_findings}
 
     fallback = ""
-    if FORMATS[fmt].intermediates and FORMATS[fmt].precision != "fp32":
+    try:  # exported (or cached) by the check that failed; a model that does not export at all is said first
+        run.artefact(fmt)
+    except ExportError as e:
+        report.export_error = short_error(e, 2)
+    if report.export_error:
+        fallback = f"the whole model does not export to {fmt}"
+    elif FORMATS[fmt].intermediates and FORMATS[fmt].precision != "fp32":
         fallback = (f"a {FORMATS[fmt].precision} artefact's tensors all carry quantization error against eager, so "
                     "the first one over tolerance says little; each module is quantized on its own instead")
     elif FORMATS[fmt].intermediates:  # the artefact's own tensors, one run, no re-export
@@ -309,6 +318,15 @@ def triage(run: CaseRun, fmt: str, backend: str, workdir: Optional[Path] = None)
 def _conclude(report: TriageReport, current: str, last_row: Optional[ModuleRow], findings: dict,
               fmt: str) -> TriageReport:
     """The summary: the first divergence (`current`, its row), the lint of that module, the cause."""
+    if report.export_error:
+        failing = [r.path for r in report.rows if r.status == "error"]
+        report.summary = (f"the whole model does not export to {fmt}: {report.export_error}; "
+                          + (f"modules that do not export on their own: {', '.join(failing)}" if failing else
+                             "every module checked exports on its own, so the failure comes from how forward() "
+                             "combines them") + "; the rows compare the modules that do")
+        report.first_divergence = current or None
+        report.op = last_row.op if last_row else ""
+        return report
     if not current:
         checked = [r for r in report.rows if r.status in ("pass", "fail")]
         if report.rows and not checked:
@@ -578,7 +596,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     session.close()
     if args.json:
         write(report, Path(args.json))
-    return 2 if failed else 1 if report.first_divergence else 0
+    return 2 if failed else 1 if report.first_divergence or report.export_error else 0
 
 
 def unsupported(case) -> str:

@@ -468,3 +468,58 @@ def test_a_model_taking_its_mask_by_keyword_is_recorded_as_eager_calls_it(tmp_pa
         report = triage(runs["kw"], "torchscript", "cpu")
     assert report.first_divergence is None, report.table()
     assert [r.path for r in report.rows] == ["embed", "fc", "head"], report.table()
+
+
+UNEXPORTABLE = '''
+import torch
+from torch import nn
+
+
+class Gather(nn.Module):
+    def forward(self, x):
+        return x * 2
+
+
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 4), Gather(), nn.Linear(4, 2)).eval()
+
+
+def failing_export(model, example_inputs, path):
+    """A converter without a rule for one module's op: everything else converts."""
+    if any(type(m).__name__ == "Gather" for m in model.modules()):
+        raise RuntimeError("Unsupported fx node new_ones: the converter has no rule for it")
+    from parity.formats.onnx.export import export
+
+    names = [f"input{i}" for i in range(len(example_inputs))]
+    return export(model, example_inputs, path, input_names=names, output_names=["output0"])
+'''
+
+
+def test_a_model_that_does_not_export_at_all_is_said_first(tmp_path, capsys):
+    """When the whole model does not export, triage says so first (not 'no divergence', not exit 0), then the
+    module-by-module rows show which modules convert on their own; --bundle has nothing to bundle."""
+    d = tmp_path / "cases"
+    d.mkdir()
+    (d / "unexportable.py").write_text(UNEXPORTABLE)
+    write_case(d, "noexport", """
+        model: {factory: 'unexportable:model'}
+        inputs: {x: {shape: [4]}}
+        batch_sizes: [1, 2]
+        formats: [onnx]
+        backends: [cpu]
+        export:
+          onnx: {function: 'unexportable:failing_export'}
+        """)
+    rc = main(["noexport", "-f", "onnx", "--cases", str(d), "--build", str(tmp_path / "b"),
+               "--bundle", str(tmp_path / "bundle"), "--json", str(tmp_path / "t.json")])
+    out = capsys.readouterr().out
+    assert rc == 1, out
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["summary"].startswith("the whole model does not export to onnx: "), data["summary"]
+    assert "new_ones" in data["export_error"]
+    assert "modules that do not export on their own: 1;" in data["summary"], data["summary"]
+    assert {r["path"]: r["status"] for r in data["rows"]} == {"0": "pass", "1": "error", "2": "pass"}
+    assert data["method"].startswith("each module exported on its own: the whole model does not export to onnx")
+    assert "no bundle written: the whole model does not export to onnx" in out
+    assert not (tmp_path / "bundle").exists() or not any((tmp_path / "bundle").iterdir())
