@@ -201,6 +201,34 @@ def _regrouped(eager: tuple, got: tuple) -> bool:
     return True
 
 
+#: how a tensor of the artefact was brought to eager's shape, as the method line says it
+ALIGNED = {"regrouped": "with leading axes merged or split (as a fully connected op computes a sequence)",
+           "channels-last": "channels-last by shape, moved to channels-first",
+           "to channels-first": "in the other layout than the reader traced (channels-last), where only that matches",
+           "to channels-last": "in the other layout than the reader traced (channels-first), where only that matches"}
+#: the other layouts tried for a tensor of rank 3+ that fails as aligned: (how, np.moveaxis arguments)
+LAYOUTS = (("to channels-first", (-1, 1)), ("to channels-last", (1, -1)))
+
+
+def _aligned(value: np.ndarray, expected: list[np.ndarray]):
+    """(eager's tensor this one is, a function bringing the artefact's tensor to its shape, how) or
+    (None, None, ""). Same shape first; then leading axes regrouped; then, for a tensor of rank 3 or
+    more, its last axis moved to position 1 (a converter that keeps activations channels-last without
+    TRANSPOSE ops a layout trace could follow). A guessed alignment that is wrong reads as a divergence,
+    never as a match."""
+    for e in expected:
+        if tuple(e.shape) == tuple(value.shape):
+            return e, (lambda v: v), ""
+    for e in expected:
+        if _regrouped(e.shape, value.shape):
+            return e, (lambda v, shape=tuple(e.shape): v.reshape(shape)), "regrouped"
+    if value.ndim >= 3:
+        for e in expected:
+            if np.moveaxis(value, -1, 1).shape == tuple(e.shape):
+                return e, (lambda v: np.moveaxis(v, -1, 1)), "channels-last"
+    return None, None, ""
+
+
 def triage(run: CaseRun, fmt: str, backend: str, workdir: Optional[Path] = None) -> TriageReport:
     """Localise the divergence of `fmt` on `backend` for the case of `run`."""
     if run.case.framework != "torch":
@@ -339,6 +367,9 @@ def _conclude(report: TriageReport, current: str, last_row: Optional[ModuleRow],
                               if all(r.status == "pass" for r in report.rows) else
                               "no module diverges on its own (some could not be checked: see the table); the "
                               "difference may come from how modules are combined in forward()")
+            if len(checked) < len(report.unmapped):  # a verdict on a few rows must not read as a clean bill
+                report.summary += (f"; but only {len(checked)} of {len(checked) + len(report.unmapped)} modules "
+                                   "could be compared (see 'not compared'): a divergence may hide in the others")
         if findings:
             report.lint = [f"{f.where} ({f.op}): {f.detail}" for f in findings.values()]
             report.summary += (f"; but the model has modules in training mode ({', '.join(findings)}), which this "
@@ -385,6 +416,8 @@ def _in_artefact(run: CaseRun, fmt: str, backend: str, records: dict, modules: d
     tol = run.tolerance_for(fmt, backend, run.output_names[0])
     first: Optional[ModuleRow] = None
     compared: set[str] = set()
+    aligned: dict = {}  # tensor name -> how it was brought to eager's shape (applied again to the batch rerun)
+    moved: dict[str, int] = {}
     for item in got.mapped:
         if item.module not in records:
             report.unmapped.append(f"{item.module} (tensor {item.tensor}): not a module the eager model called")
@@ -394,11 +427,7 @@ def _in_artefact(run: CaseRun, fmt: str, backend: str, records: dict, modules: d
                                    "tensor belongs to is ambiguous")
             continue
         expected = [t.detach().cpu().numpy() for t in _output_tensors(records[item.module][2])]
-        match = next((e for e in expected if tuple(e.shape) == tuple(item.value.shape)), None)
-        if match is None:  # a converter that flattens leading axes ([2, 10, 16] as [20, 16] for a fully connected op)
-            match = next((e for e in expected if _regrouped(e.shape, item.value.shape)), None)
-            if match is not None:
-                item.value = item.value.reshape(match.shape)
+        match, align, how = _aligned(item.value, expected)
         if match is None:
             report.unmapped.append(f"{item.module} (tensor {item.tensor}, shape {list(item.value.shape)}): eager "
                                    f"output shapes {[list(e.shape) for e in expected]} differ")
@@ -406,8 +435,21 @@ def _in_artefact(run: CaseRun, fmt: str, backend: str, records: dict, modules: d
         if item.tensor in compared:  # a parent returning its last child's tensor: the child's row says it
             continue
         compared.add(item.tensor)
-        c = compare_outputs({"t": match}, {"t": item.value}, lambda n: tol)[0]
+        c = compare_outputs({"t": match}, {"t": align(item.value)}, lambda n: tol)[0]
         failed = not c.passed and not c.vacuous
+        # A format whose layout the reader could not follow (litert-torch drops cancelling transposes, so a
+        # [2, 8, 8, 8] tensor may be channels-last where eager's is channels-first): the other layout, kept
+        # only where it matches; a transposed tensor matching eager by chance would need symmetric data.
+        for other, moves in (() if not failed or item.value.ndim < 3 else LAYOUTS):
+            swapped = (lambda v, a=align, m=moves: np.moveaxis(a(v), *m))
+            if swapped(item.value).shape == match.shape:
+                alt = compare_outputs({"t": match}, {"t": swapped(item.value)}, lambda n: tol)[0]
+                if alt.passed:
+                    c, failed, align, how = alt, False, swapped, other
+                    break
+        item.value, aligned[item.tensor] = align(item.value), align
+        if how:
+            moved[how] = moved.get(how, 0) + 1
         row = ModuleRow(item.module, type(modules[item.module]).__name__ if item.module in modules else item.op,
                         "fail" if failed else "pass", max_abs=c.max_abs, rel_error=c.scaled_error,
                         cosine=c.cosine, detail=c.problem if failed else "", nonfinite=c.nonfinite,
@@ -415,6 +457,9 @@ def _in_artefact(run: CaseRun, fmt: str, backend: str, records: dict, modules: d
         report.rows.append(row)
         if failed and first is None:
             first = row
+    if moved:
+        report.method += "; compared after aligning their shape with eager's: " + ", ".join(
+            f"{n} {ALIGNED[how]}" for how, n in moved.items())
     if first is None:
         return "", None
     first = _parent_own_ops(first, got, records, modules, dict(run.eager.named_modules()), report, tol) or first
@@ -437,8 +482,8 @@ def _in_artefact(run: CaseRun, fmt: str, backend: str, records: dict, modules: d
             again = read(path, copies, backend, set(records))
             solo = next((i.value for i in again.mapped if i.tensor == first.tensor), None)
             together = next(i.value for i in got.mapped if i.tensor == first.tensor)
-            if solo is not None and solo.size == together.size:
-                solo = solo.reshape(together.shape)  # regrouped like `together` was to match eager
+            if solo is not None and first.tensor in aligned:
+                solo = aligned[first.tensor](solo)  # aligned with eager as `together` was
             if solo is not None and solo.shape == together.shape:
                 c = compare_outputs({"t": together[:1]}, {"t": solo[:1]}, lambda n: tol)[0]
                 first.batch_dependent = not c.passed and not c.vacuous

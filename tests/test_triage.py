@@ -523,3 +523,19 @@ def test_a_model_that_does_not_export_at_all_is_said_first(tmp_path, capsys):
     assert data["method"].startswith("each module exported on its own: the whole model does not export to onnx")
     assert "no bundle written: the whole model does not export to onnx" in out
     assert not (tmp_path / "bundle").exists() or not any((tmp_path / "bundle").iterdir())
+
+
+def test_no_divergence_on_a_few_compared_modules_says_how_few():
+    """'No divergence' from 2 compared rows while 10 modules could not be compared must not read as clean."""
+    from parity.triage import ModuleRow, TriageReport, _conclude
+
+    rows = [ModuleRow("stem", "Conv2d", "pass"), ModuleRow("head", "Linear", "pass")]
+    few = TriageReport("c", "tflite", "cpu", rows=list(rows), method="the artefact's own intermediate tensors (...)",
+                       unmapped=[f"block{i}: eager output shapes differ" for i in range(10)])
+    assert _conclude(few, "", None, {}, "tflite").summary == (
+        "no divergence: every module compared matches eager within tolerance; but only 2 of 12 modules could be "
+        "compared (see 'not compared'): a divergence may hide in the others")
+    most = TriageReport("c", "tflite", "cpu", rows=list(rows), method="the artefact's own intermediate tensors (...)",
+                        unmapped=["relu: called 2 times"])
+    assert _conclude(most, "", None, {}, "tflite").summary == \
+        "no divergence: every module compared matches eager within tolerance"

@@ -364,3 +364,65 @@ def test_a_conv_holding_part_of_the_hardsigmoid_after_it_is_not_a_false_divergen
     assert any(u.startswith("fc: no tensor of its own") for u in clean.unmapped), clean.unmapped
     assert report.first_divergence == "gate", report.table()
     assert report.fused_with == ["fc"], report.table()
+
+
+CHANNELS_LAST_MODELS = '''
+import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    """timm's ConvNeXt block (conv_mlp=False): depthwise conv, then LayerNorm and the MLP channels-last."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.conv_dw = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        h = self.conv_dw(x).permute(0, 2, 3, 1)
+        h = self.fc2(self.act(self.fc1(self.norm(h))))
+        return x + h.permute(0, 3, 1, 2)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """timm's LayerNorm2d: a LayerNorm over channels of an NCHW tensor, through two permutes."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Sequential(nn.Conv2d(3, 8, 2, stride=2), LayerNorm2d(8)), Block(8), Block(8),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+
+
+def perturbed_export(model, example_inputs, path):
+    """A user's own TFLite export with a bug: the second block's fc1 weights scaled by 2%."""
+    from parity.formats.tflite.export import export
+
+    with torch.no_grad():
+        model.model[2].fc1.weight.mul_(1.02) if hasattr(model, "model") else model[2].fc1.weight.mul_(1.02)
+    return export(model, example_inputs, path, input_names=["x"], output_names=["y"])
+'''
+
+
+def test_tensors_kept_channels_last_without_transposes_are_compared_channels_first(tmp_path):
+    """litert-torch keeps a ConvNeXt block's activations channels-last between blocks with no TRANSPOSE op a
+    layout trace can follow: aligned by shape, they are compared (a clean file passes, the planted fc1 is named)
+    instead of listed as 'shapes differ' while triage reported no divergence on two compared rows."""
+    from parity.triage import triage
+
+    bodies = {"clean": tflite_case("cl_models:net", "[3, 16, 16]"),
+              "weight": tflite_case("cl_models:net", "[3, 16, 16]", "cl_models:perturbed_export")}
+    with case_runs(tmp_path, {"cl_models": CHANNELS_LAST_MODELS}, bodies) as runs:
+        clean = triage(runs["clean"], "tflite", "cpu")
+        report = triage(runs["weight"], "tflite", "cpu")
+    assert clean.first_divergence is None, clean.table()
+    assert {"0.1", "1.conv_dw", "1", "2.conv_dw", "2", "5"} <= {r.path for r in clean.rows}, clean.table()
+    assert report.first_divergence == "2.fc1", report.table()
+    assert all(r.status == "pass" for r in report.rows[:[r.path for r in report.rows].index("2.fc1")])
