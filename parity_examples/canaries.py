@@ -63,3 +63,31 @@ class Variance(nn.Module):
 
 def variance(correction: int = 2) -> nn.Module:
     return Variance(correction).eval()
+
+
+class NearestDownsample(nn.Module):
+    """Nearest-neighbour resize of an image to `size` (default: half of 8 x 8). PyTorch's ``nearest``
+    takes source index ``floor(i * in / out)``: a 2x downsample keeps the even rows and columns."""
+
+    def __init__(self, size: tuple[int, int] = (4, 4)) -> None:
+        super().__init__()
+        self.size = tuple(size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.interpolate(x, size=self.size, mode="nearest")
+
+
+def nearest_downsample(size: tuple[int, int] = (4, 4)) -> nn.Module:
+    return NearestDownsample(size).eval()
+
+
+class Log1p(nn.Module):
+    """``log1p`` of small values (|x| ~ 1e-4, as in log-likelihoods of rare events), where
+    ``log(1 + x)`` loses most of the digits of x to the rounding of 1 + x."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log1p(x)
+
+
+def log1p() -> nn.Module:
+    return Log1p().eval()
