@@ -177,41 +177,22 @@ def test_module_paths_skip_function_frames():
     assert module_paths("", tree) == []
 
 
-UNGUARDED_TORCHSCRIPT = '''
-
-def unguarded_torchscript_export(model, example_inputs, path):
-    model.guard = False
-    torch.jit.save(torch.jit.trace(model, example_inputs), str(path))
-    return {"exporter": "unguarded"}
-'''
-
-
 def test_triage_names_the_op_and_module_where_a_nan_starts(tmp_path):
     """Eager keeps log's input positive; the exporter dropped the guard: triage, reading the artefact's
     own tensors, names aten::log in module `log`, not the Linear after it that carries the NaN on."""
-    from conftest import write_case
-    from parity.catalog import load_case
-    from parity.session import Session
+    from conftest import MODELS, case_runs
     from parity.triage import triage
-    from test_triage import NAN_MODELS
 
-    d = tmp_path / "cases"
-    d.mkdir()
-    (d / "nan_models.py").write_text(NAN_MODELS + UNGUARDED_TORCHSCRIPT)
-    session = Session(tmp_path / "build", tmp_path / "golden")
-    run = session.case_run(load_case(write_case(d, "nan", """
-        model: {factory: 'nan_models:guarded'}
+    with case_runs(tmp_path, {"models": MODELS}, {"nan": """
+        model: {factory: 'models:guarded'}
         inputs: {x: {shape: [6]}}
         batch_sizes: [2, 4]
         formats: [torchscript]
         backends: [cpu]
         export:
-          torchscript: {function: 'nan_models:unguarded_torchscript_export'}
-        """)))
-    try:
-        report = triage(run, "torchscript", "cpu")
-    finally:
-        session.close()
+          torchscript: {function: 'models:unguarded_export'}
+        """}) as runs:
+        report = triage(runs["nan"], "torchscript", "cpu")
     assert report.method.startswith("the artefact's own intermediate tensors"), report.table()
     assert report.first_nonfinite.startswith("node %") and report.first_nonfinite.endswith("(aten::log) in log")
     assert report.first_divergence == "log", report.table()
