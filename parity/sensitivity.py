@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -207,10 +206,7 @@ def sensitivity(run, fmt: str, backend: str = "cpu", workdir: Optional[Path] = N
 
     case = run.case
     report = SensitivityReport(case.name, fmt, backend)
-    workdir = Path(workdir or run.build_dir / "sensitivity" / f"{fmt}-{backend}")
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+    workdir = run.scratch_dir("sensitivity", fmt, backend, workdir)
     measure, feeds = _gate(run, fmt, backend, report)
     report.baseline = measure(run.runner(fmt, backend), [])
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -241,10 +240,7 @@ def triage(run: CaseRun, fmt: str, backend: str, workdir: Optional[Path] = None)
 
     case = run.case
     report = TriageReport(case.name, fmt, backend)
-    workdir = Path(workdir or run.build_dir / "triage" / f"{fmt}-{backend}")
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+    workdir = run.scratch_dir("triage", fmt, backend, workdir)
     size = max(case.batch_sizes)
     inputs = tuple(torch.from_numpy(a) for a in run.example_inputs().values())
     calls: dict[str, int] = {}

@@ -315,6 +315,17 @@ class CaseRun:
         inputs = self.inputs(max(self.case.batch_sizes))
         return {k: (np.concatenate([v, v]) if v.shape[0] == 1 else v) for k, v in inputs.items()}
 
+    def scratch_dir(self, kind: str, fmt: str, backend: str, directory: Optional[Path] = None) -> Path:
+        """An empty directory for a tool's files about one target (`kind`: triage, sensitivity): `directory`
+        if given, else build/<kind>/<fmt>-<backend>; emptied first, so no file of an earlier run is read."""
+        import shutil
+
+        path = Path(directory or self.build_dir / kind / f"{fmt}-{backend}")
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        return path
+
     def artefact(self, fmt: str, sizes: Optional[dict[str, int]] = None) -> Artefact:
         """The artefact of `fmt`; with `sizes` (dynamic axes at other sizes than the export sizes),
         the one that runs there: the same artefact, or for a static-shape format one exported at them."""
