@@ -70,6 +70,8 @@ class TriageReport:
     #: (a Conv folded into the BatchNorm after it): the bug may be in any of them
     fused_with: list[str] = field(default_factory=list)
     tolerance_scale: Optional[float] = None  # err/max|ref| a row may reach (the case's tolerance for the format)
+    #: modules that returned their input unchanged in eager (Identity, Dropout in eval): nothing to compare
+    passthrough: list[str] = field(default_factory=list)
     #: why the whole model does not export to this format (triage then exports module by module: the rows say
     #: which modules convert on their own)
     export_error: Optional[str] = None
@@ -102,14 +104,19 @@ class TriageReport:
             shown = "; ".join(self.unmapped[:8]) + (f"; ... ({len(self.unmapped) - 8} more)" if len(self.unmapped) > 8
                                                      else "")
             extra.append(f"not compared: {shown}")
+        if self.passthrough:
+            extra.append(f"computing nothing in eval (returned their input): {len(self.passthrough)} modules "
+                         f"({', '.join(self.passthrough[:4])}{', ...' if len(self.passthrough) > 4 else ''})")
         return "\n".join([f"triage of {self.case} / {self.format} / {self.backend}", body, *extra, self.summary])
 
 
 def _record(model, inputs: tuple, calls: Optional[dict[str, int]] = None,
-            keywords: Optional[list[str]] = None) -> dict[str, tuple]:
+            keywords: Optional[list[str]] = None, passthrough: Optional[set] = None) -> dict[str, tuple]:
     """path -> (args, output) of each submodule's first call, in execution order; `calls`, when
     given, receives how many times each module was called; `keywords`: the inputs' names, when the
-    model takes them by keyword (as the eager reference calls it)."""
+    model takes them by keyword (as the eager reference calls it); `passthrough`, when given, receives
+    the modules that returned their one argument itself, unchanged (Identity, and Dropout or DropPath
+    in eval mode): they compute nothing the artefact could hold."""
     import torch
 
     records: dict[str, tuple] = {}
@@ -130,7 +137,11 @@ def _record(model, inputs: tuple, calls: Optional[dict[str, int]] = None,
         def hook(mod, args, kwargs, output, path=path):
             calls[path] = calls.get(path, 0) + 1
             if path not in records and path in pending:
-                records[path] = (*pending.pop(path), _clone(output))
+                before = pending.pop(path)
+                if passthrough is not None and len(args) == 1 and not kwargs and output is args[0] \
+                        and isinstance(output, torch.Tensor) and torch.equal(before[0][0], output):
+                    passthrough.add(path)  # the same tensor object, not written in place
+                records[path] = (*before, _clone(output))
         handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
         handles.append(module.register_forward_hook(hook, with_kwargs=True))
     try:
@@ -245,7 +256,8 @@ def triage(run: CaseRun, fmt: str, backend: str, workdir: Optional[Path] = None)
     inputs = tuple(torch.from_numpy(a) for a in run.example_inputs().values())
     calls: dict[str, int] = {}
     # GPT-2's forward(input_ids, past_key_values, attention_mask, ...): the mask goes by keyword
-    records = _record(run.eager, inputs, calls, run.framework.keyword_inputs(run.eager, list(case.inputs)))
+    noops: set[str] = set()
+    records = _record(run.eager, inputs, calls, run.framework.keyword_inputs(run.eager, list(case.inputs)), noops)
     report.tolerance_scale = run.tolerance_for(fmt, backend, run.output_names[0]).scale
     as_returned = dict(run.model.named_modules())
     runner_cls = load_object(FORMATS[fmt].runner_for(backend))
@@ -263,7 +275,7 @@ def triage(run: CaseRun, fmt: str, backend: str, workdir: Optional[Path] = None)
                     "the first one over tolerance says little; each module is quantized on its own instead")
     elif FORMATS[fmt].intermediates:  # the artefact's own tensors, one run, no re-export
         try:
-            found = _in_artefact(run, fmt, backend, records, as_returned, report, calls)
+            found = _in_artefact(run, fmt, backend, records, as_returned, report, calls, noops)
         except Exception as e:
             found, fallback = None, f"reading the artefact's intermediate tensors failed ({short_error(e, 1)})"
         if found is not None:
@@ -391,7 +403,8 @@ def _conclude(report: TriageReport, current: str, last_row: Optional[ModuleRow],
 
 
 def _in_artefact(run: CaseRun, fmt: str, backend: str, records: dict, modules: dict,
-                 report: TriageReport, calls: dict[str, int]) -> Optional[tuple[str, Optional[ModuleRow]]]:
+                 report: TriageReport, calls: dict[str, int],
+                 noops: frozenset = frozenset()) -> Optional[tuple[str, Optional[ModuleRow]]]:
     """Rows from the artefact's own intermediate tensors: (first divergence or "", its row), or None
     when no tensor maps to a module (the caller falls back to exporting modules one by one)."""
     from parity.case import load_object
@@ -404,7 +417,8 @@ def _in_artefact(run: CaseRun, fmt: str, backend: str, records: dict, modules: d
     got = read(path, feeds, backend, set(records))
     report.first_nonfinite = got.first_nonfinite
     report.unmapped = [f"{m}: no tensor of its own in the artefact (fused into another module's ops, or not "
-                       "exported)" for m in got.unmapped if m in records]
+                       "exported)" for m in got.unmapped if m in records and m not in noops]
+    report.passthrough = sorted(m for m in got.unmapped if m in noops)
     if not got.mapped:
         report.method = got.note or "no tensor of the artefact maps to a module"
         return None
@@ -463,9 +477,11 @@ def _in_artefact(run: CaseRun, fmt: str, backend: str, records: dict, modules: d
     # and before the diverging one: the exporter folded them into its tensor
     order = list(records)
     index = {m: i for i, m in enumerate(order)}
-    matched = [index[r.path] for r in report.rows[:report.rows.index(first)] if r.status == "pass" and r.path in index]
+    # rows inside the first divergence (a child judged on the artefact's own input) say nothing of what ran before it
+    matched = [index[r.path] for r in report.rows[:report.rows.index(first)] if r.status == "pass" and r.path in index
+               and not r.path.startswith(first.path + ".")]
     after = max(matched, default=-1)
-    tensorless = set(records) - {item.module for item in got.mapped}
+    tensorless = set(records) - {item.module for item in got.mapped} - noops
     report.fused_with = [m for m in order[after + 1:index[first.path]]
                          if m in tensorless and not first.path.startswith(m + ".")
                          and not any(o.startswith(m + ".") for o in order)]  # leaves only

@@ -539,3 +539,66 @@ def test_no_divergence_on_a_few_compared_modules_says_how_few():
                         unmapped=["relu: called 2 times"])
     assert _conclude(most, "", None, {}, "tflite").summary == \
         "no divergence: every module compared matches eager within tolerance"
+
+
+FUSED_PARENT_MODELS = '''
+import torch
+from torch import nn
+
+
+class BatchNormAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d: the BatchNorm in its own forward, then its activation child (and a Dropout
+    child that does nothing in eval, as timm's drop)."""
+
+    def __init__(self, channels):
+        super().__init__(channels)
+        self.drop = nn.Identity()
+        self.act = nn.SiLU()
+
+    def forward(self, x):
+        return self.act(self.drop(super().forward(x)))
+
+
+def net():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), BatchNormAct(8),
+                          nn.Conv2d(8, 8, 3, padding=1, bias=False), BatchNormAct(8), nn.Dropout(0.2),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    model.train()
+    for _ in range(3):
+        model(torch.randn(8, 3, 16, 16))
+    return model.eval()
+
+
+def perturbed_export(model, example_inputs, path):
+    """The second conv's weights scaled by 2%, then parity's ONNX exporter (which folds it into the BatchNorm)."""
+    from parity.formats.onnx.export import export
+
+    with torch.no_grad():
+        model.model[2].weight.mul_(1.02) if hasattr(model, "model") else model[2].weight.mul_(1.02)
+    return export(model, example_inputs, path, input_names=["x"], output_names=["y"])
+'''
+
+
+def test_a_conv_folded_into_a_batchnormact_parent_is_named_and_no_op_modules_are_not_counted(tmp_path):
+    """The parent's own BatchNorm holds the folded conv: the conv is named with it (the child activation's
+    row, judged on the artefact's own input, does not hide it). Identity and Dropout return their input
+    in eval: listed as computing nothing, not as modules that could not be compared."""
+    bodies = {name: f"""
+        model: {{factory: 'fp_models:net'}}
+        inputs: {{x: {{shape: [3, 16, 16]}}}}
+        batch_sizes: [1, 2]
+        formats: [onnx]
+        backends: [cpu]
+        """ + ("export:\n          onnx: {function: 'fp_models:perturbed_export'}\n" if name == "weight" else "")
+              for name in ("clean", "weight")}
+    with case_runs(tmp_path, {"fp_models": FUSED_PARENT_MODELS}, bodies) as runs:
+        clean = triage(runs["clean"], "onnx", "cpu")
+        report = triage(runs["weight"], "onnx", "cpu")
+    assert clean.summary == "no divergence: every module compared matches eager within tolerance", clean.table()
+    assert clean.passthrough == ["1.drop", "3.drop", "4"]
+    assert not any(u.split(":")[0] in ("1.drop", "3.drop", "4") for u in clean.unmapped)
+    assert "computing nothing in eval (returned their input): 3 modules" in clean.table()
+    assert report.first_divergence == "3", report.table()
+    assert report.fused_with == ["2"], report.table()
+    assert "its tensor also holds 2, fused into it by the exporter" in report.summary
