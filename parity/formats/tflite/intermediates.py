@@ -197,6 +197,14 @@ def _place(ops: list[_Op], names: dict[int, str], known: set[str], outputs: set[
         if found is None and op.named in outputs:
             found = next((f for f in (locations(names[c], known) for c in op.constants) if f), None)
         found = found or []
+        # A computing op named only after an enclosing module while its weights name a module inside it:
+        # the converter moved a reshape across it (Swin's window reverse around attn.proj) and the names
+        # moved with the positions, so the reshape before it carries the Linear's location. The weights say
+        # whose op it is.
+        if found and op.kind not in _MOVING and op.constants:
+            weights = next((f for f in (locations(names[c], known) for c in op.constants) if f), None) or []
+            inner = [w for w in weights[:1] if w not in found and any(w.startswith(f + ".") for f in found if f)]
+            found = inner + found
         nxt = ops[i + 1] if i + 1 < len(ops) else None
         if nxt is not None and nxt.name.startswith(op.name + "/") and found:
             nxt.locations = found[:1]
