@@ -39,6 +39,22 @@ class Intermediates:
     note: str = ""
 
 
+
+@dataclass
+class LayerTensors:
+    """One reduced-precision layer, for precision sensitivity: its output and its activation input as the
+    fp32 artefact and as the INT8/fp16 artefact compute them (each format's ``sensitivity.layer_tensors``)."""
+
+    node: str  # the name the format's own exclusion option takes (nodes_to_exclude, float_ops, fp32_ops)
+    op: str
+    module: str  # the source module it belongs to
+    tensor: str  # the fp32 artefact's tensor compared
+    fp32: np.ndarray
+    quantized: np.ndarray
+    input_fp32: Optional[np.ndarray] = None
+    input_quantized: Optional[np.ndarray] = None
+    keep_with: list[str] = field(default_factory=list)  # layers kept in fp32 with it (its output overflows fp16)
+
 @dataclass
 class Node:
     """One node of the artefact's graph, as the mapping sees it."""

@@ -19,11 +19,12 @@ its consumers must stay in fp32 too: each op says which (``keep_with``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
+
+from parity.formats.coreml.intermediates import _names
+from parity.formats.intermediates import LayerTensors
 
 FP16_MAX = 65504.0
 SUFFIX = "_cast_fp16"
@@ -33,28 +34,6 @@ DATA_MOVEMENT = {"reshape", "transpose", "squeeze", "expand_dims", "slice_by_ind
                  "split", "gather", "gather_nd", "gather_along_axis", "tile", "pad", "identity", "stack",
                  "max_pool", "reduce_max", "reduce_min", "depth_to_space", "space_to_depth", "pixel_shuffle",
                  "shape", "cast", "flatten2d", "reverse", "upsample_nearest_neighbor"}
-
-
-@dataclass
-class LayerTensors:
-    """One op computed in fp16: its output and its activation input, from the fp32 and the fp16 program."""
-
-    node: str  # the fp32 program's op name, as fp32_ops takes it
-    op: str
-    module: str
-    tensor: str  # the fp32 program's output name
-    fp32: np.ndarray
-    quantized: np.ndarray
-    input_fp32: Optional[np.ndarray] = None
-    input_quantized: Optional[np.ndarray] = None
-    keep_with: list[str] = field(default_factory=list)  # ops to keep in fp32 with it (its output overflows fp16)
-
-
-def _names(value) -> list[str]:
-    if isinstance(value, (tuple, list)):
-        return [n for v in value for n in _names(v)]
-    name = getattr(value, "name", None)
-    return [name] if name else []
 
 
 def _run(path: Path, feeds: dict[str, np.ndarray]):

@@ -14,11 +14,11 @@ tensor marked as an output (:func:`parity.formats.onnx.intermediates.run_marked`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
+
+from parity.formats.intermediates import LayerTensors
 
 #: ops that only move or select values: they reuse their input's scale, so keeping one in float
 #: changes nothing the quantizer decided; they are not layers to rank
@@ -27,20 +27,6 @@ DATA_MOVEMENT = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Max
                  "Resize", "Shape", "Cast"}
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
 OUTPUT_SUFFIX = "_QuantizeLinear_Input"
-
-
-@dataclass
-class LayerTensors:
-    """One quantized layer: its output and its activation input, in fp32 and as the INT8 file computes them."""
-
-    node: str  # the node name, as nodes_to_exclude takes it
-    op: str
-    module: str  # the source module (its weight's name, else the exporter's innermost name scope)
-    tensor: str  # the fp32 tensor compared
-    fp32: np.ndarray
-    quantized: np.ndarray
-    input_fp32: Optional[np.ndarray] = None
-    input_quantized: Optional[np.ndarray] = None
 
 
 def layer_tensors(fp32_path: Path, int8_path: Path, feeds: dict[str, np.ndarray],

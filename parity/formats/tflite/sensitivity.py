@@ -29,6 +29,8 @@ from typing import Optional
 
 import numpy as np
 
+from parity.formats.intermediates import LayerTensors
+
 QDQ = {"QUANTIZE", "DEQUANTIZE"}
 #: ops that only move or select values: a quantized one keeps its input's scale, so it adds no noise of its own
 DATA_MOVEMENT = {"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "CONCATENATION", "SPLIT", "SPLIT_V", "SLICE",
@@ -37,20 +39,6 @@ DATA_MOVEMENT = {"RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "CONCATENATIO
                  "CAST", "RESIZE_NEAREST_NEIGHBOR"}
 #: the tensor types of quantized values (schema TensorType: INT8, UINT8, INT16, INT32 and the int4/int2 weights)
 _QUANTIZED_TYPES = {9, 3, 7, 2, 17, 18}
-
-
-@dataclass
-class LayerTensors:
-    """One quantized op: its output and its activation input, in fp32 and as the INT8 file computes them."""
-
-    node: str  # the scope regex that keeps it in float (float_ops)
-    op: str
-    module: str
-    tensor: str  # the output tensor's name (the same in both files)
-    fp32: np.ndarray
-    quantized: np.ndarray
-    input_fp32: Optional[np.ndarray] = None
-    input_quantized: Optional[np.ndarray] = None
 
 
 @dataclass
