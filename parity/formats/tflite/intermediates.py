@@ -290,13 +290,33 @@ def plain_run_agreement(plain: dict[int, np.ndarray], kept: dict[int, np.ndarray
             "activations) changed the arithmetic, so differences of that size are the run's, not the export's")
 
 
+def open_interpreter(content: bytes | None, path: Path, backend: str, names: list[str], preserve: bool = True):
+    """(a LiteRT interpreter of `content` (else the file at `path`) on `backend`'s op resolver, keeping every
+    tensor when `preserve`; its input details in the case's order of `names`)."""
+    from ai_edge_litert import interpreter as litert
+
+    from parity.formats.tflite.runner import RESOLVERS, _ordered
+
+    source = {"model_content": content} if content is not None else {"model_path": str(path)}
+    with warnings.catch_warnings():  # "intended for debugging purposes only": that is what this is
+        warnings.simplefilter("ignore", UserWarning)
+        interpreter = litert.Interpreter(**source, experimental_preserve_all_tensors=preserve,
+                                         experimental_op_resolver_type=getattr(litert.OpResolverType,
+                                                                               RESOLVERS.get(backend, "AUTO")))
+    signatures = interpreter._get_full_signature_list() or {}
+    signature = next(iter(signatures.values())) if len(signatures) == 1 else {}
+    details = _ordered(interpreter.get_input_details(), signature.get("inputs", {}), names)
+    if len(details) != len(names):
+        raise ValueError(f"{Path(path).name} takes {len(details)} inputs, the case gives {len(names)}")
+    return interpreter, details
+
+
 def intermediates(path: Path, feeds: dict[str, np.ndarray], backend: str, known_modules: set[str]) -> Intermediates:
     """Run the .tflite file at `path` once on `backend` with every op's output kept."""
-    from ai_edge_litert import interpreter as litert
     from ai_edge_litert.tools import flatbuffer_utils
 
-    from parity.formats.tflite.runner import (AS_CASE, CHANNELS_LAST as INPUT_LAST, RESOLVERS, _ordered, _version,
-                                              match_layout, to_channels_last)
+    from parity.formats.tflite.runner import (AS_CASE, CHANNELS_LAST as INPUT_LAST, _version, match_layout,
+                                              to_channels_last)
 
     known = set(known_modules)
     data = Path(path).read_bytes()
@@ -313,18 +333,9 @@ def intermediates(path: Path, feeds: dict[str, np.ndarray], backend: str, known_
                                   "from torch.export's nn_module_stack; other converters do not), so no tensor "
                                   "maps to a module")
     content = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-    resolver = getattr(litert.OpResolverType, RESOLVERS.get(backend, "AUTO"))
 
     def run(model_bytes: bytes, preserve: bool):
-        with warnings.catch_warnings():  # "intended for debugging purposes only": that is what this is
-            warnings.simplefilter("ignore", UserWarning)
-            interpreter = litert.Interpreter(model_content=model_bytes, experimental_op_resolver_type=resolver,
-                                             experimental_preserve_all_tensors=preserve)
-        signatures = interpreter._get_full_signature_list() or {}
-        signature = next(iter(signatures.values())) if len(signatures) == 1 else {}
-        details = _ordered(interpreter.get_input_details(), signature.get("inputs", {}), list(feeds))
-        if len(details) != len(feeds):
-            raise ValueError(f"{Path(path).name} takes {len(details)} inputs, the case gives {len(feeds)}")
+        interpreter, details = open_interpreter(model_bytes, path, backend, list(feeds), preserve)
         fed, layouts = [], {}
         for (name, array), detail in zip(feeds.items(), details):
             shape = (int(array.shape[0]), *(int(d) for d in detail["shape"][1:]))

@@ -22,7 +22,6 @@ own (static) batch size, on the same inputs.
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -96,21 +95,10 @@ def scope_regex(index: int, scopes: list[str]) -> str:
 
 def _run(path: Path, graph: _Graph, feeds: dict[str, np.ndarray], backend: str, wanted: set[int]) -> dict:
     """{tensor index: value, dequantized, over all samples} for the `wanted` tensors of one file."""
-    from ai_edge_litert import interpreter as litert
+    from parity.formats.tflite.intermediates import open_interpreter
+    from parity.formats.tflite.runner import CHANNELS_LAST, _quantize, match_layout, to_channels_last
 
-    from parity.formats.tflite.runner import (CHANNELS_LAST, RESOLVERS, _ordered, _quantize, match_layout,
-                                              to_channels_last)
-
-    with warnings.catch_warnings():  # "intended for debugging purposes only": that is what this is
-        warnings.simplefilter("ignore", UserWarning)
-        interpreter = litert.Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
-                                         experimental_op_resolver_type=getattr(litert.OpResolverType,
-                                                                               RESOLVERS.get(backend, "AUTO")))
-    signatures = interpreter._get_full_signature_list() or {}
-    signature = next(iter(signatures.values())) if len(signatures) == 1 else {}
-    details = _ordered(interpreter.get_input_details(), signature.get("inputs", {}), list(feeds))
-    if len(details) != len(feeds):
-        raise ValueError(f"{Path(path).name} takes {len(details)} inputs, the case gives {len(feeds)}")
+    interpreter, details = open_interpreter(None, path, backend, list(feeds))
     interpreter.allocate_tensors()
     batch = int(details[0]["shape"][0])
     n = len(next(iter(feeds.values())))
