@@ -213,29 +213,27 @@ def _regrouped(eager: tuple, got: tuple) -> bool:
 
 #: how a tensor of the artefact was brought to eager's shape, as the method line says it
 ALIGNED = {"regrouped": "with leading axes merged or split (as a fully connected op computes a sequence)",
-           "channels-last": "channels-last by shape, moved to channels-first",
-           "to channels-first": "in the other layout than the reader traced (channels-last), where only that matches",
-           "to channels-last": "in the other layout than the reader traced (channels-first), where only that matches"}
-#: the other layouts tried for a tensor of rank 3+ that fails as aligned: (how, np.moveaxis arguments)
+           "to channels-first": "moved from channels-last to channels-first (only that fits eager's shape or values)",
+           "to channels-last": "moved from channels-first to channels-last (only that fits eager's shape or values)"}
+#: the layout moves tried for a tensor of rank 3+ that fits eager in neither shape nor values as it is
 LAYOUTS = (("to channels-first", (-1, 1)), ("to channels-last", (1, -1)))
 
 
 def _aligned(value: np.ndarray, expected: list[np.ndarray]):
     """(eager's tensor this one is, a function bringing the artefact's tensor to its shape, how) or
     (None, None, ""). Same shape first; then leading axes regrouped; then, for a tensor of rank 3 or
-    more, its last axis moved to position 1 (a converter that keeps activations channels-last without
-    TRANSPOSE ops a layout trace could follow). A guessed alignment that is wrong reads as a divergence,
-    never as a match."""
+    more, a layout move (a converter that keeps activations channels-last without TRANSPOSE ops a layout
+    trace could follow). A guessed alignment that is wrong reads as a divergence, never as a match."""
     for e in expected:
         if tuple(e.shape) == tuple(value.shape):
             return e, (lambda v: v), ""
     for e in expected:
         if _regrouped(e.shape, value.shape):
             return e, (lambda v, shape=tuple(e.shape): v.reshape(shape)), "regrouped"
-    if value.ndim >= 3:
+    for how, moves in (LAYOUTS if value.ndim >= 3 else ()):
         for e in expected:
-            if np.moveaxis(value, -1, 1).shape == tuple(e.shape):
-                return e, (lambda v: np.moveaxis(v, -1, 1)), "channels-last"
+            if np.moveaxis(value, *moves).shape == tuple(e.shape):
+                return e, (lambda v, m=moves: np.moveaxis(v, *m)), how
     return None, None, ""
 
 
@@ -426,7 +424,7 @@ def _in_artefact(run: CaseRun, fmt: str, backend: str, records: dict, modules: d
     tol = run.tolerance_for(fmt, backend, run.output_names[0])
     first: Optional[ModuleRow] = None
     compared: set[str] = set()
-    aligned: dict = {}  # tensor name -> how it was brought to eager's shape (applied again to the batch rerun)
+    aligned: dict = {}  # tensor name -> the function that brought it to eager's shape (for the batch rerun too)
     moved: dict[str, int] = {}
     for item in got.mapped:
         if item.module not in records:
